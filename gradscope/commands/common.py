@@ -1,0 +1,81 @@
+"""Options and error handling shared by every command (no torch)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from gradscope.errors import GradscopeError
+from gradscope.output import Format
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+FormatOpt = Annotated[
+    Format,
+    typer.Option(
+        "--format",
+        "-f",
+        help="Output format; auto is a table on a terminal and CSV in a pipe, "
+        "or follows the -o extension (.csv, .json, .txt).",
+        case_sensitive=False,
+    ),
+]
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option("--output", "-o", help="Write the records to FILE (whole or not at all).",
+                 dir_okay=False),
+]
+
+
+def error(message: str) -> None:
+    """One line on stderr: ``Error: <message>``."""
+    sys.stderr.write(f"Error: {message}\n")
+    sys.stderr.flush()
+
+
+def warn(message: str) -> None:
+    sys.stderr.write(f"Warning: {message}\n")
+    sys.stderr.flush()
+
+
+def note(message: str) -> None:
+    sys.stderr.write(f"{message}\n")
+    sys.stderr.flush()
+
+
+def user_errors(func: F) -> F:
+    """Map gradscope's errors to one line on stderr and exit code 1; real bugs keep a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except GradscopeError as exc:
+            error(str(exc))
+            raise typer.Exit(1) from None
+        except BrokenPipeError:
+            # The reader went away (e.g. `| head`): stop quietly, like other Unix tools.
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+            except (OSError, ValueError):
+                pass
+            raise typer.Exit(0) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_list(text: str, what: str) -> list[str]:
+    """Split a comma list, rejecting empty items."""
+    from gradscope.errors import SpecError
+
+    items = [t.strip() for t in text.split(",")]
+    if not text.strip() or any(not t for t in items):
+        raise SpecError(f"{what} must be a comma-separated list without empty items, got {text!r}")
+    return items

@@ -1,0 +1,190 @@
+"""Rendering records: rich table, CSV or JSON, to stdout or to a file written whole (no torch)."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Sequence
+from enum import Enum
+from pathlib import Path
+from typing import IO, Any
+
+from gradscope.errors import OutputError
+from gradscope.records import as_rows, to_csv, to_json
+
+
+class Format(str, Enum):
+    auto = "auto"
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+SUFFIX_FORMATS = {".csv": Format.csv, ".json": Format.json, ".txt": Format.table}
+
+
+def resolve_format(fmt: Format, is_tty: bool, output: Path | None = None) -> Format:
+    """The concrete format: explicit wins, then the output file's extension, then the terminal.
+
+    Raises:
+        OutputError: ``--format auto`` with an output file whose extension says nothing.
+    """
+    if fmt is not Format.auto:
+        return fmt
+    if output is not None:
+        suffix = output.suffix.lower()
+        if suffix not in SUFFIX_FORMATS:
+            raise OutputError(
+                f"cannot tell the format of {output} from its extension; "
+                "use .csv, .json or .txt, or pass --format"
+            )
+        return SUFFIX_FORMATS[suffix]
+    return Format.table if is_tty else Format.csv
+
+
+def format_cell(value: Any) -> str:
+    """Display text for a table cell: compact but exact enough to read a trend."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        if value == 0:
+            return "0"
+        mag = abs(value)
+        if 1e-4 <= mag < 1e6:
+            return f"{value:.6g}"
+        return f"{value:.4e}"
+    if isinstance(value, (list, tuple)):
+        return "x".join(str(v) for v in value)
+    return str(value)
+
+
+def render_table(records: Iterable[Any], title: str | None = None, width: int | None = None) -> str:
+    """A rich table as text (no colour when rendered for a file or a pipe)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    columns, rows = as_rows(records)
+    table = Table(title=title, show_lines=False, header_style="bold")
+    for col in columns:
+        numeric = any(isinstance(r.get(col), (int, float)) and not isinstance(r.get(col), bool)
+                      for r in rows)
+        table.add_column(col, justify="right" if numeric else "left", overflow="fold")
+    for row in rows:
+        table.add_row(*[format_cell(row.get(c)) for c in columns])
+    console = Console(file=_Sink(), width=width or 400, color_system=None, force_terminal=False)
+    with console.capture() as capture:
+        console.print(table)
+    return capture.get()
+
+
+class _Sink:
+    def write(self, _text: str) -> int:
+        return 0
+
+    def flush(self) -> None:
+        pass
+
+
+def render(records: Sequence[Any], fmt: Format, title: str | None = None) -> str:
+    if fmt is Format.csv:
+        return to_csv(records)
+    if fmt is Format.json:
+        return to_json(records)
+    return render_table(records, title=title)
+
+
+def print_table(records: Sequence[Any], stream: IO[str] | None = None, title: str | None = None,
+                stderr: bool = False) -> None:
+    """Print a rich table to a terminal stream (colour and width follow the terminal)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    columns, rows = as_rows(records)
+    table = Table(title=title, header_style="bold")
+    for col in columns:
+        numeric = any(isinstance(r.get(col), (int, float)) and not isinstance(r.get(col), bool)
+                      for r in rows)
+        table.add_column(col, justify="right" if numeric else "left", overflow="fold")
+    for row in rows:
+        table.add_row(*[format_cell(row.get(c)) for c in columns])
+    console = Console(file=stream, stderr=stderr and stream is None)
+    console.print(table)
+
+
+def check_output_path(path: Path) -> None:
+    """Fail before any work when the output cannot be written."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.exists():
+        raise OutputError(f"the directory {parent} does not exist (for output {path})")
+    if not parent.is_dir():
+        raise OutputError(f"{parent} is not a directory (for output {path})")
+    if path.is_dir():
+        raise OutputError(f"{path} is a directory; give a file name")
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write the whole file or nothing: a temporary file in the same directory, then rename."""
+    check_output_path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    mode = "wb" if isinstance(data, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=parent)
+    try:
+        with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def emit(
+    records: Sequence[Any],
+    fmt: Format = Format.auto,
+    output: Path | None = None,
+    *,
+    summary: Sequence[Any] | None = None,
+    title: str | None = None,
+    summary_title: str = "summary",
+    stdout: IO[str] | None = None,
+    stderr: IO[str] | None = None,
+) -> None:
+    """Render records to ``output`` (whole or not at all) or stdout; a summary goes under a table.
+
+    In CSV/JSON on stdout the summary is printed to stderr as a table, so pipes stay clean.
+    """
+    out = stdout if stdout is not None else sys.stdout
+    err = stderr if stderr is not None else sys.stderr
+    is_tty = out.isatty() if hasattr(out, "isatty") else False
+    concrete = resolve_format(fmt, is_tty, output)
+    if output is not None:
+        text = render(records, concrete, title=title)
+        if concrete is Format.table and summary:
+            text += "\n" + render_table(summary, title=summary_title)
+        write_atomic(output, text)
+        if summary:
+            print_table(summary, stream=err, title=summary_title)
+        return
+    if concrete is Format.table and is_tty:
+        print_table(records, stream=out, title=title)
+        if summary:
+            print_table(summary, stream=out, title=summary_title)
+        return
+    text = render(records, concrete, title=title)
+    out.write(text)
+    out.flush()
+    if summary:
+        if concrete is Format.table:
+            out.write("\n" + render_table(summary, title=summary_title))
+        else:
+            print_table(summary, stream=err, title=summary_title)
