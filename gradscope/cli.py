@@ -8,7 +8,7 @@ import typer
 
 from gradscope._version import __version__
 from gradscope.commands.common import user_errors
-# from gradscope.commands.ratios import ratios_command  (being written)
+from gradscope.commands.ratios import ratios_command
 
 app = typer.Typer(
     name="gradscope",
@@ -36,7 +36,7 @@ def _root(
     """Make exploding and vanishing gradients visible, measurable and predictable."""
 
 
-# app.command("ratios")(user_errors(ratios_command))
+app.command("ratios")(user_errors(ratios_command))
 
 
 def main() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
 import sys
@@ -74,23 +76,18 @@ def render_table(records: Iterable[Any], title: str | None = None, width: int | 
     columns, rows = as_rows(records)
     table = Table(title=title, show_lines=False, header_style="bold")
     for col in columns:
-        numeric = any(isinstance(r.get(col), (int, float)) and not isinstance(r.get(col), bool)
-                      for r in rows)
+        numeric = any(
+            isinstance(r.get(col), (int, float)) and not isinstance(r.get(col), bool) for r in rows
+        )
         table.add_column(col, justify="right" if numeric else "left", overflow="fold")
     for row in rows:
         table.add_row(*[format_cell(row.get(c)) for c in columns])
-    console = Console(file=_Sink(), width=width or 400, color_system=None, force_terminal=False)
+    console = Console(
+        file=io.StringIO(), width=width or 400, color_system=None, force_terminal=False
+    )
     with console.capture() as capture:
         console.print(table)
     return capture.get()
-
-
-class _Sink:
-    def write(self, _text: str) -> int:
-        return 0
-
-    def flush(self) -> None:
-        pass
 
 
 def render(records: Sequence[Any], fmt: Format, title: str | None = None) -> str:
@@ -101,8 +98,12 @@ def render(records: Sequence[Any], fmt: Format, title: str | None = None) -> str
     return render_table(records, title=title)
 
 
-def print_table(records: Sequence[Any], stream: IO[str] | None = None, title: str | None = None,
-                stderr: bool = False) -> None:
+def print_table(
+    records: Sequence[Any],
+    stream: IO[str] | None = None,
+    title: str | None = None,
+    stderr: bool = False,
+) -> None:
     """Print a rich table to a terminal stream (colour and width follow the terminal)."""
     from rich.console import Console
     from rich.table import Table
@@ -110,8 +111,9 @@ def print_table(records: Sequence[Any], stream: IO[str] | None = None, title: st
     columns, rows = as_rows(records)
     table = Table(title=title, header_style="bold")
     for col in columns:
-        numeric = any(isinstance(r.get(col), (int, float)) and not isinstance(r.get(col), bool)
-                      for r in rows)
+        numeric = any(
+            isinstance(r.get(col), (int, float)) and not isinstance(r.get(col), bool) for r in rows
+        )
         table.add_column(col, justify="right" if numeric else "left", overflow="fold")
     for row in rows:
         table.add_row(*[format_cell(row.get(c)) for c in columns])
@@ -134,17 +136,15 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     """Write the whole file or nothing: a temporary file in the same directory, then rename."""
     check_output_path(path)
     parent = path.parent if str(path.parent) else Path(".")
-    mode = "wb" if isinstance(data, bytes) else "w"
+    payload = data if isinstance(data, bytes) else data.encode("utf-8")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=parent)
     try:
-        with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as fh:
-            fh.write(data)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
 
 

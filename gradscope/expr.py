@@ -1,0 +1,198 @@
+"""User activations written as expressions in x, differentiated exactly with SymPy.
+
+SymPy is an optional dependency (``pip install 'gradscope[expr]'``); it is imported only
+when ``--expr`` is used. The expression may use x, numbers, + - * / ** and the usual
+elementary functions; anything else (other names, attribute access, calls to unknown
+functions) is rejected before evaluation.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gradscope.errors import ExpressionError
+
+FUNCTIONS = (
+    "exp",
+    "log",
+    "sqrt",
+    "sin",
+    "cos",
+    "tan",
+    "sinh",
+    "cosh",
+    "tanh",
+    "asinh",
+    "atan",
+    "erf",
+    "erfc",
+    "abs",
+    "Abs",
+    "Max",
+    "Min",
+    "max",
+    "min",
+    "sign",
+    "Heaviside",
+    "sigmoid",
+    "softplus",
+    "log1p",
+    "expm1",
+)
+CONSTANTS = ("pi", "e", "E")
+
+
+@dataclass(frozen=True)
+class ExprActivation:
+    """A user expression g(x) and its exact derivative, as NumPy functions."""
+
+    text: str
+    derivative_text: str
+    g: Callable[[np.ndarray], np.ndarray]
+    dg: Callable[[np.ndarray], np.ndarray]
+    kinks: tuple[float, ...]
+
+
+def _check_syntax(text: str) -> None:
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError as exc:
+        raise ExpressionError(
+            f"cannot parse the expression {text!r}: {exc.msg} at column {exc.offset}"
+        ) from None
+    allowed_names = {"x", *FUNCTIONS, *CONSTANTS}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id not in allowed_names:
+            raise ExpressionError(
+                f"unknown name {node.id!r} in {text!r}: use x and the functions "
+                f"{', '.join(sorted(set(FUNCTIONS) - {'Abs', 'Max', 'Min'}))}"
+            )
+        if isinstance(
+            node,
+            (
+                ast.Attribute,
+                ast.Subscript,
+                ast.Lambda,
+                ast.Starred,
+                ast.comprehension,
+                ast.Dict,
+                ast.Set,
+                ast.List,
+            ),
+        ):
+            raise ExpressionError(f"the expression {text!r} may only use x, numbers and functions")
+        if isinstance(node, ast.Call) and not isinstance(node.func, ast.Name):
+            raise ExpressionError(f"the expression {text!r} calls something that is not a function")
+        if isinstance(node, ast.Constant) and not isinstance(node.value, (int, float)):
+            raise ExpressionError(f"the expression {text!r} may only contain numbers and x")
+    if not any(isinstance(n, ast.Name) and n.id == "x" for n in ast.walk(tree)):
+        raise ExpressionError(f"the expression {text!r} does not use x")
+
+
+def parse_expression(text: str) -> ExprActivation:
+    """Parse ``text`` into g and its exact derivative g'.
+
+    Raises:
+        ExpressionError: a syntax error, an unknown name, SymPy missing, or a g that is not
+            real and finite at ordinary inputs.
+    """
+    text = text.strip()
+    if not text:
+        raise ExpressionError("the expression is empty: write g in terms of x, e.g. 'x*tanh(x)'")
+    _check_syntax(text)
+    try:
+        import sympy
+        from sympy.parsing.sympy_parser import parse_expr
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ExpressionError(
+            "--expr needs SymPy: pip install 'gradscope[expr]' (or pip install sympy)"
+        ) from None
+    x = sympy.Symbol("x", real=True)
+    local: dict[str, Any] = {
+        "x": x,
+        "abs": sympy.Abs,
+        "max": sympy.Max,
+        "min": sympy.Min,
+        "sigmoid": lambda u: 1 / (1 + sympy.exp(-u)),
+        "softplus": lambda u: sympy.log(1 + sympy.exp(u)),
+        "log1p": lambda u: sympy.log(1 + u),
+        "expm1": lambda u: sympy.exp(u) - 1,
+        "e": sympy.E,
+    }
+    for name in FUNCTIONS + CONSTANTS:
+        if name not in local and hasattr(sympy, name):
+            local[name] = getattr(sympy, name)
+    try:
+        g_expr = parse_expr(
+            text, local_dict=local, global_dict={"__builtins__": {}, **vars(sympy)}, evaluate=True
+        )
+    except (SyntaxError, TypeError, ValueError, AttributeError) as exc:
+        raise ExpressionError(f"cannot interpret the expression {text!r}: {exc}") from None
+    if not isinstance(g_expr, sympy.Expr) or g_expr.free_symbols - {x}:
+        raise ExpressionError(f"the expression {text!r} must be a real function of x only")
+    dg_expr = sympy.diff(g_expr, x)
+    g = _lambdify(sympy, x, g_expr)
+    dg = _lambdify(sympy, x, dg_expr)
+    kinks = _kinks(sympy, x, g_expr)
+    probe = np.linspace(-3.0, 3.0, 13)
+    with np.errstate(all="ignore"):
+        gv = np.asarray(g(probe), dtype=complex)
+        dv = np.asarray(dg(probe), dtype=complex)
+    if not (np.all(np.isfinite(gv)) and np.all(np.abs(gv.imag) < 1e-12)):
+        raise ExpressionError(
+            f"the expression {text!r} is not real and finite for x in [-3, 3] "
+            "(e.g. log or sqrt of a negative number)"
+        )
+    if not np.all(np.isfinite(dv)):
+        raise ExpressionError(f"the derivative of {text!r} is not finite for x in [-3, 3]")
+    return ExprActivation(text, str(dg_expr), g, dg, kinks)
+
+
+def _lambdify(sympy: Any, x: Any, expr: Any) -> Callable[[np.ndarray], np.ndarray]:
+    f = sympy.lambdify(x, expr, modules=[{"Heaviside": _heaviside, "DiracDelta": _dirac}, "numpy"])
+
+    def call(values: np.ndarray) -> np.ndarray:
+        out = np.asarray(f(np.asarray(values, dtype=float)))
+        if np.iscomplexobj(out):
+            out = out.real
+        return np.broadcast_to(out.astype(float), np.shape(values)).copy()
+
+    return call
+
+
+def _heaviside(x: np.ndarray, h0: float = 0.5) -> np.ndarray:
+    return np.heaviside(x, h0)
+
+
+def _dirac(x: np.ndarray, *_: Any) -> np.ndarray:
+    return np.zeros_like(x)
+
+
+def _kinks(sympy: Any, x: Any, expr: Any) -> tuple[float, ...]:
+    """Real points where the expression is not smooth (zeros of Abs/Max/Min/sign arguments)."""
+    points: set[float] = set()
+    for node in sympy.preorder_traversal(expr):
+        args: list[Any] = []
+        if isinstance(node, (sympy.Abs, sympy.sign, sympy.Heaviside)):
+            args = [node.args[0]]
+        elif isinstance(node, (sympy.Max, sympy.Min)):
+            args = [a - b for i, a in enumerate(node.args) for b in node.args[i + 1 :]]
+        for arg in args:
+            try:
+                roots = sympy.solve(sympy.Eq(arg, 0), x)
+            except (NotImplementedError, TypeError, ValueError):
+                continue
+            for r in roots:
+                try:
+                    value = complex(r)
+                except (TypeError, ValueError):
+                    continue
+                if abs(value.imag) < 1e-12 and math.isfinite(value.real):
+                    points.add(float(value.real))
+    return tuple(sorted(points))
