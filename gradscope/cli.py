@@ -8,6 +8,7 @@ import typer
 
 from gradscope._version import __version__
 from gradscope.commands.common import user_errors
+from gradscope.commands.plot import plot_command
 from gradscope.commands.ratios import ratios_command
 
 app = typer.Typer(
@@ -37,6 +38,7 @@ def _root(
 
 
 app.command("ratios")(user_errors(ratios_command))
+app.command("plot")(user_errors(plot_command))
 
 
 def main() -> None:

@@ -1,0 +1,160 @@
+"""`gradscope plot`: figures from the records any command wrote, read from files or stdin."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from gradscope.commands.common import note, warn
+from gradscope.errors import RecordsError, SpecError
+from gradscope.plot import (
+    PlotWarning,
+    RecordKind,
+    build_spec,
+    default_output,
+    detect_kind,
+    figure_format,
+    plot_records,
+)
+from gradscope.records import Row, read_records
+
+
+def plot_to_file(rows: Iterable[Any], out: Path, **options: Any) -> None:
+    """Write a figure of ``rows`` to ``out``, reporting left-out values as ``Warning:`` lines.
+
+    This is what ``simulate --plot`` and ``inspect-checkpoint --plot`` call.
+    """
+    with _warnings_on_stderr():
+        plot_records(rows, out, **options)
+    note(f"wrote {out}")
+
+
+def plot_command(
+    files: Annotated[
+        list[str],
+        typer.Argument(
+            help="CSV or JSON records from any gradscope command; - reads stdin.", metavar="FILE"
+        ),
+    ],  # fmt: skip
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Figure file: .png, .svg or .pdf (written whole). "
+            "Default: the first input's name with .png.",
+            dir_okay=False,
+        ),
+    ] = None,  # fmt: skip
+    kind: Annotated[
+        RecordKind | None,
+        typer.Option(help="Record kind; recognised from the columns when not given."),
+    ] = None,
+    x: Annotated[str | None, typer.Option("--x", help="Column on the x axis.")] = None,
+    y: Annotated[str | None, typer.Option("--y", help="Column on the y axis.")] = None,
+    hue: Annotated[
+        str | None,
+        typer.Option("--hue", help="Column(s), comma-separated, that tell the lines apart."),
+    ] = None,
+    logy: Annotated[
+        bool | None,
+        typer.Option("--logy/--no-logy", help="Log y axis (default: per record kind)."),
+    ] = None,
+    title: Annotated[str | None, typer.Option(help="Figure title.")] = None,
+    size: Annotated[
+        str | None, typer.Option(help="Figure size W,H in inches (default 7,4.5).")
+    ] = None,
+    dpi: Annotated[int | None, typer.Option(help="Dots per inch (default 150).", min=1)] = None,
+    style: Annotated[str | None, typer.Option(help="A matplotlib style name, e.g. ggplot.")] = None,
+    reverse_x: Annotated[
+        bool, typer.Option("--reverse-x", help="Draw the x axis from right to left.")
+    ] = False,
+    terminal: Annotated[
+        bool,
+        typer.Option(
+            "--terminal",
+            help="Preview the main series in the terminal; without -o no file is written.",
+        ),
+    ] = False,  # fmt: skip
+) -> None:
+    """Plot gradscope records: the figure is chosen from the columns.
+
+    Examples:
+
+      gradscope simulate --depth 20 | gradscope plot - -o grads.png
+
+      gradscope plot vgg.csv --reverse-x -o sigma.svg
+
+      gradscope plot runs.csv --x width --y fitted_rate --terminal
+    """
+    rows = _read_all(files)
+    figure_size = _parse_size(size) if size is not None else None
+    options: dict[str, Any] = dict(kind=kind, x=x, y=y, hue=hue, logy=logy, title=title)
+    if output is not None:
+        figure_format(output)
+    if terminal:
+        from rich.console import Console
+
+        from gradscope.terminal import render_preview
+
+        with _warnings_on_stderr():
+            spec = build_spec(rows, reverse_x=reverse_x, **options)
+        console = Console()
+        console.print(render_preview(spec, width=min(console.width, 100)))
+        if output is None:
+            return
+    if output is None:
+        output = default_output(files, kind or detect_kind(rows[0]))
+    plot_to_file(
+        rows, output, size=figure_size, dpi=dpi, style=style, reverse_x=reverse_x, **options
+    )
+
+
+def _read_all(files: list[str]) -> list[Row]:
+    if files.count("-") > 1:
+        raise SpecError("stdin (-) can be read only once; give - at most one time")
+    per_file = [read_records(name) for name in files]
+    if len(per_file) == 1:
+        return per_file[0]
+    kinds = {detect_kind(rows[0]) for rows in per_file}
+    if len(kinds) > 1:
+        names = ", ".join(sorted(k.value if k else "unknown" for k in kinds))
+        raise RecordsError(f"the files hold different kinds of records ({names}); plot them apart")
+    # The file a row came from is configuration too: it labels lines only when needed.
+    return [
+        {**row, "file": "stdin" if name == "-" else Path(name).name}
+        for name, rows in zip(files, per_file, strict=True)
+        for row in rows
+    ]
+
+
+def _parse_size(text: str) -> tuple[float, float]:
+    parts = text.split(",")
+    try:
+        width, height = (float(p) for p in parts)
+    except ValueError:
+        raise SpecError(f"--size takes W,H in inches, e.g. 7,4.5; got {text!r}") from None
+    if not (width > 0 and height > 0):
+        raise SpecError(f"--size must be two positive numbers of inches, got {text!r}")
+    return width, height
+
+
+@contextlib.contextmanager
+def _warnings_on_stderr() -> Iterator[None]:
+    """Print :class:`PlotWarning` messages as ``Warning: ...`` lines; others pass through."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PlotWarning)
+        try:
+            yield
+        finally:
+            recorded = list(caught)
+    for item in recorded:
+        if issubclass(item.category, PlotWarning):
+            warn(str(item.message))
+        else:
+            warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
