@@ -1,0 +1,150 @@
+"""End-to-end CLI tests: exact output, errors as one line, and the no-torch start-up."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from gradscope import __version__
+from gradscope.cli import app
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_version() -> None:
+    code, out, _ = run("--version")
+    assert code == 0 and out.strip() == f"gradscope {__version__}"
+
+
+def test_ratios_csv_reference_values() -> None:
+    code, out, _ = run("ratios", "relu", "tanh", "selu", "--format", "csv")
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [r["activation"] for r in rows] == ["relu", "tanh", "selu"]
+    assert [r["ratio"][:12] for r in rows] == ["1.4669422069", "1.1778072323", "1.0715749924"]
+    assert float(rows[0]["ratio"]) == pytest.approx(math.pi / (math.pi - 1), rel=1e-13)
+
+
+def test_ratios_default_is_csv_in_a_pipe_and_sorted() -> None:
+    code, out, _ = run("ratios")
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    rates = [float(r["rate_per_layer"]) for r in rows]
+    assert rates == sorted(rates, reverse=True) and rows[0]["activation"] == "relu"
+
+
+def test_ratios_json_and_std_list() -> None:
+    code, out, _ = run("ratios", "tanh", "--input-std", "0.5,1", "--format", "json")
+    assert code == 0
+    data = json.loads(out)
+    assert [round(d["ratio"], 3) for d in data] == [1.034, 1.178]
+
+
+def test_ratios_table_file_and_operators(tmp_path: Path) -> None:
+    target = tmp_path / "r.txt"
+    code, _, _ = run("ratios", "maxpool:4", "batchnorm:128", "linear:512x256", "-o", str(target))
+    assert code == 0
+    text = target.read_text()
+    assert "maxpool:4" in text and "0.491715" in text and "linear:512x256/he" in text
+
+
+def test_ratios_expr() -> None:
+    code, out, _ = run("ratios", "--expr", "x*tanh(log(1+exp(x)))", "--format", "csv")
+    assert code == 0
+    (row,) = csv.DictReader(io.StringIO(out))
+    assert row["activation"] == "expr:x*tanh(log(1+exp(x)))"
+    assert float(row["ratio"]) == pytest.approx(1.2142592552894, rel=1e-10)
+
+
+def test_ratios_list() -> None:
+    code, out, _ = run("ratios", "--list", "--format", "csv")
+    assert code == 0 and "leaky_relu,,negative_slope,0.01" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ratios", "swishy"], "Error: unknown activation 'swishy'"),
+        (["ratios", "--expr", "x*tanh("], "Error: cannot parse the expression"),
+        (["ratios", "--input-std", "-1"], "Error: input std must be positive"),
+        (["ratios", "leaky_relu:x"], "Error: the negative_slope of leaky_relu must be a number"),
+        (["ratios", "relu", "-o", "/nonexistent-dir/x.csv"], "Error: the directory"),
+        (["ratios", "relu", "-o", "out.xlsx"], "Error: cannot tell the format"),
+        (["ratios", "--depth", "0"], "Error: depth must be at least 1"),
+    ],
+)
+def test_errors_are_one_line(args: list[str], message: str) -> None:
+    code, out, err = run(*args)
+    assert code == 1
+    assert err.startswith(message)
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert out == ""
+
+
+def test_failed_command_writes_no_file(tmp_path: Path) -> None:
+    target = tmp_path / "r.csv"
+    code, _, _ = run("ratios", "relu", "nope", "-o", str(target))
+    assert code == 1 and not target.exists()
+
+
+def test_usage_error_exit_code() -> None:
+    code, _, _ = run("ratios", "--no-such-option")
+    assert code == 2
+
+
+def _modules_after(args: list[str]) -> dict[str, object]:
+    probe = (
+        "import sys, runpy, json\n"
+        f"sys.argv = ['gradscope', *{args!r}]\n"
+        "try:\n"
+        "    runpy.run_module('gradscope', run_name='__main__')\n"
+        "except SystemExit as exc:\n"
+        "    code = exc.code\n"
+        "else:\n"
+        "    code = 0\n"
+        "sys.stderr.write(json.dumps({'torch': 'torch' in sys.modules, 'code': code}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    return json.loads(proc.stderr.strip().splitlines()[-1])
+
+
+def test_ratios_never_imports_torch() -> None:
+    result = _modules_after(["ratios", "--format", "csv"])
+    assert result == {"torch": False, "code": 0}
+
+
+def test_python_dash_m_works() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "gradscope", "ratios", "relu", "-f", "csv"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and proc.stdout.startswith("activation,input_std")
+
+
+def test_every_command_has_help_with_an_example_and_is_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    commands = [c.name or c.callback.__name__ for c in app.registered_commands]
+    assert "ratios" in commands
+    for name in commands:
+        code, out, _ = run(name, "--help")
+        assert code == 0 and "Example" in out, name
+        assert f"gradscope {name}" in readme, name

@@ -1,0 +1,126 @@
+"""The output layer shared by every command: format resolution, rendering, whole-file writes."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from gradscope.errors import OutputError, RecordsError
+from gradscope.output import Format, emit, format_cell, resolve_format, write_atomic
+from gradscope.records import parse_csv, read_records, to_csv, to_json
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    value: float
+    count: int | None
+    flag: bool
+
+
+ROWS = [Row("a", 1.2111738962363166, 3, True), Row("b", math.nan, None, False)]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "tty", "path", "expected"),
+    [
+        (Format.auto, True, None, Format.table),
+        (Format.auto, False, None, Format.csv),
+        (Format.auto, True, Path("x.csv"), Format.csv),
+        (Format.auto, True, Path("x.JSON"), Format.json),
+        (Format.auto, False, Path("x.txt"), Format.table),
+        (Format.json, True, Path("x.csv"), Format.json),
+        (Format.csv, True, None, Format.csv),
+    ],
+)
+def test_resolve_format(fmt: Format, tty: bool, path: Path | None, expected: Format) -> None:
+    assert resolve_format(fmt, tty, path) is expected
+
+
+def test_unknown_extension_needs_format() -> None:
+    with pytest.raises(OutputError, match="extension"):
+        resolve_format(Format.auto, False, Path("out.xlsx"))
+
+
+def test_csv_round_trip_is_exact() -> None:
+    rows = parse_csv(to_csv(ROWS))
+    assert rows[0] == {"name": "a", "value": 1.2111738962363166, "count": 3, "flag": True}
+    assert math.isnan(rows[1]["value"]) and rows[1]["count"] is None and rows[1]["flag"] is False
+
+
+def test_json_has_no_nan() -> None:
+    data = json.loads(to_json(ROWS))
+    assert data[1]["value"] is None and data[0]["value"] == 1.2111738962363166
+
+
+def test_read_records_csv_json_and_stdin(tmp_path: Path) -> None:
+    (tmp_path / "r.csv").write_text(to_csv(ROWS))
+    (tmp_path / "r.json").write_text(to_json(ROWS))
+    assert read_records(tmp_path / "r.csv")[0]["value"] == 1.2111738962363166
+    assert read_records(tmp_path / "r.json")[0]["name"] == "a"
+    assert read_records("-", stdin=io.StringIO(to_csv(ROWS)))[0]["count"] == 3
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ("", "empty"),
+        ("a,b\n", "no records"),
+        ("[1, 2]", "list of objects"),
+        ("{bad", "not valid"),
+        ("a,b\n1\n", "has 1 fields"),
+    ],
+)
+def test_bad_records(tmp_path: Path, content: str, fragment: str) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    with pytest.raises(RecordsError, match=fragment):
+        read_records(path)
+
+
+def test_missing_records_file(tmp_path: Path) -> None:
+    with pytest.raises(RecordsError, match="does not exist"):
+        read_records(tmp_path / "nope.csv")
+
+
+def test_write_atomic_leaves_nothing_on_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "out.csv"
+    with pytest.raises(OutputError, match="does not exist"):
+        write_atomic(tmp_path / "missing" / "out.csv", "x")
+    write_atomic(target, "first")
+    assert target.read_text() == "first"
+
+    def interrupted(src: str, dst: Path) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("gradscope.output.os.replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(target, "second, never complete")
+    assert target.read_text() == "first"  # the old file is intact
+    assert list(tmp_path.iterdir()) == [target]  # and no temporary file is left behind
+
+
+def test_emit_to_stdout_and_file(tmp_path: Path) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    emit(ROWS, Format.csv, stdout=out, stderr=err, summary=[{"total": 2}])
+    assert out.getvalue().splitlines()[0] == "name,value,count,flag"
+    assert "total" in err.getvalue()  # the summary goes to stderr in csv mode
+    emit(ROWS, Format.auto, tmp_path / "r.json", stdout=out, stderr=err)
+    assert json.loads((tmp_path / "r.json").read_text())[0]["name"] == "a"
+    emit(ROWS, Format.auto, tmp_path / "r.txt", stdout=out, stderr=err)
+    text = (tmp_path / "r.txt").read_text()
+    assert "name" in text and "1.21117" in text
+
+
+def test_format_cell() -> None:
+    assert format_cell(None) == "—"
+    assert format_cell(1.2111738962363166) == "1.21117"
+    assert format_cell(1e-9) == "1.0000e-09"
+    assert format_cell(True) == "yes"
