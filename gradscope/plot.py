@@ -591,8 +591,8 @@ def _subtitle(rows: Sequence[Row], constant: Sequence[str], limit: int = 90) -> 
 def _default_title(kind: RecordKind, x: str, y: str) -> str:
     if (kind, x, y) in DEFAULT_TITLES:
         return DEFAULT_TITLES[(kind, x, y)]
-    name = AXIS_LABELS.get(y, y)
-    return f"{name[:1].upper()}{name[1:]} against {AXIS_LABELS.get(x, x)}"
+    name = AXIS_LABELS[y][:1].upper() + AXIS_LABELS[y][1:] if y in AXIS_LABELS else y
+    return f"{name} against {AXIS_LABELS.get(x, x)}"
 
 
 def _axis_label(column: str) -> str:
