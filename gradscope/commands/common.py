@@ -28,8 +28,9 @@ FormatOpt = Annotated[
 ]
 OutputOpt = Annotated[
     Path | None,
-    typer.Option("--output", "-o", help="Write the records to FILE (whole or not at all).",
-                 dir_okay=False),
+    typer.Option(
+        "--output", "-o", help="Write the records to FILE (whole or not at all).", dir_okay=False
+    ),
 ]
 
 
