@@ -28,7 +28,8 @@ from gradscope.records import Row, as_rows, unique
 
 DEFAULT_SIZE = (7.0, 4.5)
 DEFAULT_DPI = 150
-MAX_INLINE_LEGEND = 6
+MAX_INLINE_LEGEND = 6  # more legend entries than this go outside the axes
+MAX_MARKED_POINTS = 40  # longer lines are drawn without point markers
 
 
 class PlotWarning(UserWarning):
@@ -255,6 +256,13 @@ def build_spec(
             str(v) for v in unique([r.get(x) for r in rows if r.get(x) is not None])
         )
     series = _series(rows, x, y, hue_columns, x_categories, columns)
+    infinite = sum(int(np.isinf(s.y).sum()) for s in series)
+    if infinite:
+        warnings.warn(
+            f"{y} has {infinite} infinite value(s) (an overflow?), which are not drawn",
+            PlotWarning,
+            stacklevel=2,
+        )
     if logy is None:
         logy = kind in (RecordKind.layers, RecordKind.checkpoint)
     if logy:
@@ -643,7 +651,8 @@ def _draw_axes(fig: Figure, spec: PlotSpec) -> None:
                 series.x, series.ci_low, series.ci_high, color=colour, alpha=0.18, linewidth=0
             )
         (line,) = ax.plot(
-            series.x, series.y, marker="o", markersize=3.5, linewidth=1.6, color=colour,
+            series.x, series.y, marker="o" if series.x.size <= MAX_MARKED_POINTS else "",
+            markersize=3.5, linewidth=1.6, color=colour,
             label=label,
         )  # fmt: skip
         handles.append(line)

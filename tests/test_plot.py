@@ -326,6 +326,12 @@ def test_all_non_positive_values_fall_back_to_a_linear_axis() -> None:
     assert fig.axes[0].get_yscale() == "linear"
 
 
+def test_infinite_values_are_reported() -> None:
+    rows = [{"layer": i, "grad_norm_mean": float("inf") if i == 1 else 1.0 / i} for i in (1, 2, 3)]
+    with pytest.warns(PlotWarning, match=r"grad_norm_mean has 1 infinite value\(s\)"):
+        plot_records(rows)
+
+
 def test_non_numeric_column_is_a_records_error() -> None:
     rows = layer_rows(("plain",))
     rows[3]["grad_norm_mean"] = "oops"
