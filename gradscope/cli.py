@@ -8,6 +8,7 @@ import typer
 
 from gradscope._version import __version__
 from gradscope.commands.common import user_errors
+from gradscope.commands.inspect_checkpoint import inspect_checkpoint_command
 from gradscope.commands.plot import plot_command
 from gradscope.commands.ratios import ratios_command
 
@@ -39,6 +40,7 @@ def _root(
 
 app.command("ratios")(user_errors(ratios_command))
 app.command("plot")(user_errors(plot_command))
+app.command("inspect-checkpoint")(user_errors(inspect_checkpoint_command))
 
 
 def main() -> None:

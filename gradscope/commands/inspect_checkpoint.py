@@ -1,0 +1,117 @@
+"""``gradscope inspect-checkpoint``: BatchNorm statistics of trained checkpoints (torch lazily)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gradscope.commands.common import FormatOpt, OutputOpt, note
+from gradscope.output import Format, check_output_path, emit
+
+
+def inspect_checkpoint_command(
+    sources: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="PATH_OR_NAME...",
+            help="Checkpoints: torch.save files (.pt .pth .ckpt .bin; zip or legacy format), "
+            ".safetensors files, sharded directories with an *.index.json, TorchScript "
+            "archives, or a torchvision model name (vgg19_bn) found in the local torch hub "
+            "cache. Several give one table with a checkpoint column.",
+            show_default=False,
+        ),
+    ],
+    key: Annotated[
+        str | None,
+        typer.Option(
+            "--key",
+            "-k",
+            help="Where the state dict sits in a checkpoint dict (state_dict, model, ema, "
+            "...); found automatically when omitted.",
+            show_default=False,
+        ),
+    ] = None,
+    trust_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--trust-pickle",
+            help="Allow files that need full unpickling (a whole pickled nn.Module). "
+            "Unpickling can run arbitrary code: only for files you trust.",
+        ),
+    ] = False,
+    weights: Annotated[
+        bool,
+        typer.Option(
+            "--weights",
+            help="List per-layer weight norms (every tensor of 2 or more dimensions) "
+            "instead of BatchNorm layers; works for any checkpoint.",
+        ),
+    ] = False,
+    summary: Annotated[
+        bool,
+        typer.Option(
+            "--summary",
+            help="Output the summary (growth fits per layer from deep to shallow, largest "
+            "jumps) as the records instead of the layers.",
+        ),
+    ] = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot",
+            help="Draw sigma against layer index (log scale, downsamples marked) to FIG "
+            "(.png, .svg or .pdf).",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    fmt: FormatOpt = Format.auto,
+    output: OutputOpt = None,
+) -> None:
+    """BatchNorm running statistics per layer, in module order: sigma = sqrt(mean running_var)
+    grows from deep to shallow layers when gradients explode (the paper's Appendix A).
+
+    Nothing is downloaded and no code from the file runs unless --trust-pickle is given.
+
+    Example: gradscope inspect-checkpoint vgg19_bn-c79401a0.pth --plot sigma.png
+    """
+    # Fail on unusable output paths before reading anything.
+    if plot is not None:
+        from gradscope.plot import figure_format
+
+        figure_format(plot)
+        check_output_path(plot)
+    if output is not None:
+        check_output_path(output)
+
+    from gradscope.checkpoint import inspect_checkpoint
+
+    result = inspect_checkpoint(sources, key=key, trust_pickle=trust_pickle, weights=weights)
+    for message in result.notes:
+        note(message)
+    if weights:
+        emit(result.weights, fmt, output, title="weights")
+    elif summary:
+        if result.summary:
+            emit(result.summary, fmt, output, title="sigma growth from deep to shallow")
+        else:
+            note("no summary: fewer than two BatchNorm layers with a positive sigma")
+    elif result.records:
+        emit(
+            result.records,
+            fmt,
+            output,
+            summary=result.summary,
+            title="BatchNorm layers",
+            summary_title="sigma growth per layer from deep to shallow (and largest jumps)",
+        )
+    if plot is not None and result.records and not weights:
+        from gradscope.plot import plot_records
+
+        plot_records(result.records, out=plot)
+        note(f"wrote {plot}")
+    elif plot is not None:
+        note(f"no plot written to {plot}: there are no BatchNorm layers to draw")
+
