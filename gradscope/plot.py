@@ -687,12 +687,13 @@ def _draw_axes(fig: Figure, spec: PlotSpec) -> None:
     if spec.x_categories is not None:
         ax.set_xticks(range(len(spec.x_categories)), list(spec.x_categories))
     elif all(np.array_equal(s.x, np.round(s.x)) for s in spec.series):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
     if spec.reverse_x:
         ax.invert_xaxis()
     ax.set_xlabel(spec.x_label)
     ax.set_ylabel(spec.y_label)
     ax.grid(True, which="major", alpha=0.3)
+    ax.set_axisbelow(True)
     if spec.title:
         fig.suptitle(spec.title)
     if spec.subtitle:
