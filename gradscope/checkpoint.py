@@ -459,7 +459,7 @@ def _legacy_lazy(path: str, label: str) -> Any:
     size = os.path.getsize(path)
     with open(path, "rb") as fh:
         try:
-            magic = pickle.Unpickler(fh).load()
+            magic = _RestrictedUnpickler(fh, stubs=False).load()
             if magic != 0x1950A86A20F9469CFC6C:
                 raise _Unsupported("not a legacy torch.save file")
             proto = _RestrictedUnpickler(fh, stubs=False).load()
@@ -1016,6 +1016,8 @@ def _param_free_gap(a: str, b: str, module_prefixes: set[str]) -> tuple[str, int
 
 def _after_downsample(table: TensorTable, bns: list[_BatchNorm]) -> list[bool]:
     names = [b.name for b in bns]
+    if not names:
+        return []
     if table.modules:
         flags = []
         bn_set = set(names)

@@ -1,0 +1,512 @@
+"""inspect-checkpoint: every format gives the same rows, checked against numpy on the tensors."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import pickle
+import sys
+import types
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ckpt_factory import (
+    GROWTH,
+    POOL_DROP,
+    VGG,
+    bn_layout,
+    save_legacy,
+    save_safetensors,
+    save_sharded_safetensors,
+    save_torchscript,
+    save_zip,
+    vgg19_bn_module,
+    vgg19_bn_state_dict,
+)
+from torch import nn
+from typer.testing import CliRunner
+
+from gradscope.checkpoint import (
+    CheckpointRecord,
+    CheckpointSummaryRecord,
+    WeightRecord,
+    batchnorm_records,
+    inspect_checkpoint,
+    open_checkpoint,
+)
+from gradscope.cli import app
+from gradscope.errors import CheckpointError
+from gradscope.records import schema
+
+runner = CliRunner()
+BN_NAMES = [f"features.{bi}" for _, bi, _, _ in bn_layout()]
+AFTER_POOL = {3, 5, 9, 13}  # 1-based BN indices right after the first four max-pools
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture(scope="module")
+def sd() -> OrderedDict[str, torch.Tensor]:
+    return vgg19_bn_state_dict(scale=16, seed=0)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory, sd: dict) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("vgg")
+    return {
+        "legacy": save_legacy(sd, d / "vgg19_bn-legacy.pth"),
+        "zip": save_zip(sd, d / "vgg19_bn.pt"),
+        "safetensors": save_safetensors(sd, d / "vgg19_bn.safetensors"),
+        "sharded": save_sharded_safetensors(sd, d / "sharded"),
+        "torchscript": save_torchscript(vgg19_bn_module(16, 0), d / "vgg19_bn.torchscript.pt"),
+        "lightning": save_zip(
+            {
+                "epoch": 3,
+                "global_step": 1200,
+                "pytorch-lightning_version": "2.2.0",
+                "state_dict": OrderedDict((f"model.{k}", v) for k, v in sd.items()),
+                "optimizer_states": [{"state": {}, "param_groups": [{"lr": 0.1}]}],
+                "hyper_parameters": {"lr": 0.1},
+            },
+            d / "lightning.ckpt",
+        ),
+    }
+
+
+def expected_rows(sd: dict[str, torch.Tensor], prefix: str = "") -> list[dict]:
+    """Independent computation of every numeric column with numpy."""
+    rows = []
+    for ci, bi, _, _ in bn_layout():
+        var = sd[f"features.{bi}.running_var"].numpy().astype(np.float64)
+        gamma = sd[f"features.{bi}.weight"].numpy().astype(np.float64)
+        w = sd[f"features.{ci}.weight"].numpy().astype(np.float64)
+        fro2 = float(np.sum(w**2))
+        rows.append(
+            {
+                "name": f"{prefix}features.{bi}",
+                "sigma": float(np.sqrt(var.mean())),
+                "running_var_min": float(var.min()),
+                "running_var_max": float(var.max()),
+                "running_mean_mean": float(sd[f"features.{bi}.running_mean"].double().mean()),
+                "gamma_mean": float(gamma.mean()),
+                "beta_mean": float(sd[f"features.{bi}.bias"].double().mean()),
+                "effective_gain": float(np.mean(np.abs(gamma) / np.sqrt(var + 1e-5))),
+                "weight_name": f"{prefix}features.{ci}.weight",
+                "weight_shape": tuple(w.shape),
+                "weight_fro": math.sqrt(fro2),
+                "forward_ratio": fro2 / w.shape[0],
+                "backward_ratio": fro2 / w.shape[1],
+            }
+        )
+    return rows
+
+
+def check_vgg(records: list[CheckpointRecord], sd: dict, prefix: str = "") -> None:
+    assert len(records) == 16
+    assert [r.index for r in records] == list(range(1, 17))
+    assert {r.index for r in records if r.after_downsample} == AFTER_POOL
+    for rec, exp in zip(records, expected_rows(sd, prefix), strict=True):
+        for column, value in exp.items():
+            got = getattr(rec, column)
+            if isinstance(value, float):
+                assert got == pytest.approx(value, rel=1e-9), (rec.name, column)
+            else:
+                assert got == value, (rec.name, column)
+        assert rec.flags == ""
+        assert rec.eps == 1e-5
+
+
+@pytest.mark.parametrize("fmt", ["legacy", "zip", "safetensors", "sharded", "torchscript"])
+def test_vgg_layout_every_format(files: dict[str, Path], sd: dict, fmt: str) -> None:
+    result = inspect_checkpoint(files[fmt])
+    check_vgg(result.records, sd)
+    assert all(r.checkpoint == str(files[fmt]) for r in result.records)
+    whole = result.summary[0]
+    assert whole.scope == "all" and whole.n_layers == 16
+    assert whole.growth_per_layer is not None and whole.growth_per_layer > 0
+    assert whole.rate_ci_low is not None and whole.rate_ci_low > 1
+
+
+def test_order_note_only_for_unordered_formats(files: dict[str, Path]) -> None:
+    for fmt in ("safetensors", "sharded"):
+        assert any("natural key order" in n for n in inspect_checkpoint(files[fmt]).notes)
+    for fmt in ("legacy", "zip", "torchscript"):
+        assert not any("natural key order" in n for n in inspect_checkpoint(files[fmt]).notes)
+
+
+def test_summary_fits_against_numpy(files: dict[str, Path], sd: dict) -> None:
+    result = inspect_checkpoint(files["legacy"])
+    sigma = np.array([r["sigma"] for r in expected_rows(sd)])
+    index = np.arange(1, 17)
+    slope = np.polyfit(-index, np.log(sigma), 1)[0]
+    whole = result.summary[0]
+    assert whole.rate_per_layer == pytest.approx(math.exp(slope), rel=1e-10)
+    # Between pools sigma grows by exactly GROWTH per layer toward the input (built in).
+    segments = [s for s in result.summary if s.scope.startswith("segment")]
+    assert [(s.from_index, s.to_index) for s in segments] == [
+        (1, 2),
+        (3, 4),
+        (5, 8),
+        (9, 12),
+        (13, 16),
+    ]
+    for seg in segments:
+        assert seg.rate_per_layer == pytest.approx(GROWTH, rel=1e-5)
+    for seg in segments[2:]:
+        assert seg.r_squared == pytest.approx(1.0, abs=1e-9)
+        assert seg.rate_ci_low <= GROWTH <= seg.rate_ci_high
+    # The largest jumps are the drops right after the pools.
+    jumps = [s for s in result.summary if s.scope == "jump"]
+    assert len(jumps) == 3
+    for jump in jumps:
+        assert jump.to_index in AFTER_POOL
+        assert jump.sigma_ratio == pytest.approx(POOL_DROP / GROWTH, rel=1e-5)
+
+
+def test_lightning_checkpoint(files: dict[str, Path], sd: dict) -> None:
+    result = inspect_checkpoint(files["lightning"])
+    check_vgg(result.records, sd, prefix="model.")
+    assert any("'state_dict'" in n for n in result.notes)
+    assert any("Lightning" in n for n in result.notes)
+
+
+@pytest.mark.parametrize("key", ["state_dict", "model", "model_state_dict", "net"])
+def test_nested_keys_are_found_and_named(tmp_path: Path, sd: dict, key: str) -> None:
+    path = save_zip({key: sd, "epoch": 7, "args": {"lr": 0.1}}, tmp_path / "nested.pth")
+    result = inspect_checkpoint(path)
+    check_vgg(result.records, sd)
+    assert result.sources[0].key == key
+    assert any(f"under key {key!r}" in n for n in result.notes)
+
+
+def test_ema_needs_key_and_key_chooses(tmp_path: Path, sd: dict) -> None:
+    ema = vgg19_bn_state_dict(scale=16, seed=1)
+    path = save_legacy({"state_dict": sd, "ema": ema}, tmp_path / "ema.pth")
+    default = inspect_checkpoint(path)
+    check_vgg(default.records, sd)
+    assert any("'ema'" in n and "--key" in n for n in default.notes)
+    chosen = inspect_checkpoint(path, key="ema")
+    check_vgg(chosen.records, ema)
+    nested = save_zip({"ema": {"module": sd}}, tmp_path / "ema_nested.pth")
+    check_vgg(inspect_checkpoint(nested, key="ema.module").records, sd)
+
+
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod."])
+def test_prefixes_are_stripped(tmp_path: Path, sd: dict, prefix: str) -> None:
+    path = save_zip(OrderedDict((prefix + k, v) for k, v in sd.items()), tmp_path / "p.pt")
+    result = inspect_checkpoint(path)
+    check_vgg(result.records, sd)
+    assert any("stripped the prefix" in n for n in result.notes)
+
+
+def test_only_needed_tensors_are_read(files: dict[str, Path]) -> None:
+    for fmt in ("legacy", "zip", "safetensors", "sharded", "torchscript"):
+        table = open_checkpoint(files[fmt])
+        loaded: list[str] = []
+        for name, entry in table.entries.items():
+            original = entry.load
+            entry.load = lambda n=name, f=original: (loaded.append(n), f())[1]
+        batchnorm_records(table)
+        assert loaded, fmt
+        assert not any(n.startswith("classifier") for n in loaded), fmt
+        assert not any(n.endswith("num_batches_tracked") for n in loaded), fmt
+
+
+def test_pickled_module_needs_trust(tmp_path: Path, sd: dict) -> None:
+    model = vgg19_bn_module(16, 0)
+    model.features[4].eps = 1e-3  # only a module graph knows eps
+    path = tmp_path / "whole_model.pt"
+    torch.save(model, path)
+    code, out, err = run("inspect-checkpoint", str(path), "--format", "csv")
+    assert code == 1 and out == ""
+    assert err.startswith("Error: ") and err.count("\n") == 1
+    assert "--trust-pickle" in err and "arbitrary code" in err
+    result = inspect_checkpoint(path, trust_pickle=True)
+    assert [r.eps for r in result.records][:3] == [1e-5, 1e-3, 1e-5]
+    assert {r.index for r in result.records if r.after_downsample} == AFTER_POOL
+    assert [r.name for r in result.records] == BN_NAMES
+
+
+class Payload:
+    """Unpickling this would create a file: the proof that code ran."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (open, (str(self.target), "w"))
+
+
+@pytest.mark.parametrize("carrier", ["zip", "legacy", "raw-pickle", "nested", "torchscript"])
+def test_untrusted_pickle_never_runs(tmp_path: Path, sd: dict, carrier: str) -> None:
+    target = tmp_path / "pwned.txt"
+    path = tmp_path / f"evil-{carrier}.pt"
+    payload = Payload(target)
+    if carrier == "zip":
+        torch.save({"state_dict": sd, "x": payload}, path)
+    elif carrier == "legacy":
+        torch.save({"x": payload, **sd}, path, _use_new_zipfile_serialization=False)
+    elif carrier == "raw-pickle":
+        path.write_bytes(pickle.dumps(payload, protocol=2))
+    elif carrier == "nested":
+        torch.save({"model": {"features.1.running_var": torch.ones(3), "p": payload}}, path)
+    else:
+        # A TorchScript archive whose data.pkl was replaced by the payload.
+        import zipfile
+
+        good = save_torchscript(vgg19_bn_module(16, 0), tmp_path / "good.pt")
+        with zipfile.ZipFile(good) as src, zipfile.ZipFile(path, "w") as dst:
+            for item in src.infolist():
+                data = src.read(item.filename)
+                if item.filename.endswith("/data.pkl"):
+                    data = pickle.dumps(payload, protocol=2)
+                dst.writestr(item, data)
+    code, out, err = run("inspect-checkpoint", str(path), "--format", "csv")
+    assert not target.exists()
+    assert code == 1 and out == ""
+    assert err.startswith("Error: ") and err.count("\n") == 1
+    assert "--trust-pickle" in err and "arbitrary code" in err
+    assert "Traceback" not in err
+
+
+# ---------------------------------------------------------------- naming schemes, other BNs
+
+
+class TinyResNet(nn.Module):
+    """ResNet-style names: conv1/bn1, maxpool, layer1.0.conv1/bn1, downsample.0/.1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        block = nn.Module()
+        block.conv1 = nn.Conv2d(8, 16, 3, bias=False)
+        block.bn1 = nn.BatchNorm2d(16)
+        block.conv2 = nn.Conv2d(16, 16, 3, bias=False)
+        block.bn2 = nn.BatchNorm2d(16)
+        block.downsample = nn.Sequential(nn.Conv2d(8, 16, 1, bias=False), nn.BatchNorm2d(16))
+        self.layer1 = nn.Sequential(block)
+        self.fc = nn.Linear(16, 10)
+
+
+def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.running_var is not None:
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.1)
+    return model
+
+
+def test_resnet_names_and_module_graph(tmp_path: Path) -> None:
+    model = randomize_bn(TinyResNet())
+    sd = model.state_dict()
+    rows = inspect_checkpoint(save_zip(sd, tmp_path / "r.pt")).records
+    assert [r.name for r in rows] == [
+        "bn1",
+        "layer1.0.bn1",
+        "layer1.0.bn2",
+        "layer1.0.downsample.1",
+    ]
+    assert [r.weight_name for r in rows] == [
+        "conv1.weight",
+        "layer1.0.conv1.weight",
+        "layer1.0.conv2.weight",
+        "layer1.0.downsample.0.weight",
+    ]
+    for r in rows:
+        var = sd[f"{r.name}.running_var"].double().numpy()
+        assert r.sigma == pytest.approx(math.sqrt(var.mean()), rel=1e-12)
+    # No module graph in a state dict: names alone cannot show the max-pool.
+    assert not any(r.after_downsample for r in rows)
+    # A whole module (trusted) has a graph: the max-pool sits before layer1.0.bn1.
+    torch.save(model, tmp_path / "whole.pt")
+    graph_rows = inspect_checkpoint(tmp_path / "whole.pt", trust_pickle=True).records
+    assert [r.after_downsample for r in graph_rows] == [False, True, False, False]
+    # Safetensors (natural key order) finds the same feeding layers by name.
+    st = inspect_checkpoint(save_safetensors(sd, tmp_path / "r.safetensors")).records
+    assert sorted(r.weight_name or "" for r in st) == sorted(r.weight_name or "" for r in rows)
+
+
+def test_other_naming_schemes_and_batchnorm_kinds(tmp_path: Path) -> None:
+    model = nn.Module()
+    model.conv1 = nn.Conv2d(3, 6, 3)
+    model.conv1_BN = nn.BatchNorm2d(6)
+    model.stem = nn.Module()
+    model.stem.conv = nn.Conv3d(6, 5, 3)
+    model.stem.norm = nn.BatchNorm3d(5)
+    model.head = nn.Sequential(nn.Linear(5, 7), nn.BatchNorm1d(7))
+    model.sync = nn.SyncBatchNorm(7)
+    randomize_bn(model, seed=3)
+    sd = model.state_dict()
+    rows = inspect_checkpoint(save_legacy(sd, tmp_path / "n.pth")).records
+    assert [(r.name, r.num_features, r.weight_name) for r in rows] == [
+        ("conv1_BN", 6, "conv1.weight"),
+        ("stem.norm", 5, "stem.conv.weight"),
+        ("head.1", 7, "head.0.weight"),
+        ("sync", 7, "head.0.weight"),
+    ]
+    w = sd["stem.conv.weight"].double()
+    assert rows[1].weight_fro == pytest.approx(float(w.norm()), rel=1e-12)
+    assert rows[1].backward_ratio == pytest.approx(float(w.pow(2).sum()) / 6, rel=1e-12)
+
+
+# ---------------------------------------------------------------- no BatchNorm, --weights
+
+
+class TinyTransformer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 16)
+        self.ln1 = nn.LayerNorm(16)
+        self.attn = nn.Linear(16, 48)
+        self.gn = nn.GroupNorm(4, 16)
+        self.out = nn.Linear(16, 8)
+
+
+def test_no_batchnorm_is_a_message_not_a_crash(tmp_path: Path) -> None:
+    path = save_zip(TinyTransformer().state_dict(), tmp_path / "t.pt")
+    code, out, err = run("inspect-checkpoint", str(path), "--format", "csv")
+    assert code == 0 and out == ""
+    assert "no BatchNorm layers" in err and "LayerNorm/GroupNorm" in err
+    assert "--weights" in err and "ln1" in err
+    assert inspect_checkpoint(path).records == []
+
+
+def test_weights_lists_norms(tmp_path: Path) -> None:
+    sd = TinyTransformer().state_dict()
+    path = save_zip(sd, tmp_path / "t.pt")
+    code, out, _ = run("inspect-checkpoint", str(path), "--weights", "--format", "csv")
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert list(rows[0]) == schema(WeightRecord)
+    assert [r["name"] for r in rows] == ["embed.weight", "attn.weight", "out.weight"]
+    for r in rows:
+        w = sd[r["name"]].double().numpy()
+        assert float(r["fro"]) == pytest.approx(np.linalg.norm(w), rel=1e-12)
+        assert float(r["rms"]) == pytest.approx(np.sqrt(np.mean(w**2)), rel=1e-12)
+        assert float(r["forward_ratio"]) == pytest.approx(np.sum(w**2) / w.shape[0], rel=1e-12)
+        assert float(r["backward_ratio"]) == pytest.approx(np.sum(w**2) / w.shape[1], rel=1e-12)
+
+
+# ---------------------------------------------------------------- CLI end to end
+
+
+def test_cli_csv_columns_and_values(files: dict[str, Path], sd: dict) -> None:
+    code, out, err = run("inspect-checkpoint", str(files["legacy"]), "--format", "csv")
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert list(rows[0]) == schema(CheckpointRecord)
+    assert [r["name"] for r in rows] == BN_NAMES
+    assert [r["after_downsample"] for r in rows].count("true") == 4
+    for row, exp in zip(rows, expected_rows(sd), strict=True):
+        assert float(row["sigma"]) == pytest.approx(exp["sigma"], rel=1e-12)
+    assert "eps is not stored" in err
+    assert "sigma growth per layer" in err  # the summary table goes to stderr in CSV mode
+
+
+def test_cli_summary_records(files: dict[str, Path]) -> None:
+    code, out, _ = run("inspect-checkpoint", str(files["zip"]), "--summary", "--format", "json")
+    assert code == 0
+    rows = json.loads(out)
+    assert list(rows[0]) == schema(CheckpointSummaryRecord)
+    assert rows[0]["scope"] == "all" and rows[0]["growth_per_layer"] > 0
+    assert [r["scope"] for r in rows].count("jump") == 3
+
+
+def test_cli_table_has_summary_under_it(files: dict[str, Path]) -> None:
+    code, out, _ = run("inspect-checkpoint", str(files["safetensors"]), "--format", "table")
+    assert code == 0
+    assert out.index("features.50") < out.index("rate_per_layer")
+
+
+def test_cli_several_checkpoints_and_plot(files: dict[str, Path], tmp_path: Path) -> None:
+    fig = tmp_path / "sigma.png"
+    out_csv = tmp_path / "rows.csv"
+    code, _, err = run(
+        "inspect-checkpoint",
+        str(files["legacy"]),
+        str(files["lightning"]),
+        "--plot",
+        str(fig),
+        "-o",
+        str(out_csv),
+    )
+    assert code == 0, err
+    assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = list(csv.DictReader(out_csv.open()))
+    assert len(rows) == 32
+    assert {r["checkpoint"] for r in rows} == {str(files["legacy"]), str(files["lightning"])}
+
+
+def test_cli_bad_plot_path_fails_before_reading(files: dict[str, Path], tmp_path: Path) -> None:
+    code, _, err = run(
+        "inspect-checkpoint", str(files["zip"]), "--plot", str(tmp_path / "no" / "f.png")
+    )
+    assert code == 1 and err.startswith("Error: ") and "does not exist" in err
+
+
+def test_help_has_an_example() -> None:
+    code, out, _ = run("inspect-checkpoint", "--help")
+    assert code == 0 and "Example" in out and "--trust-pickle" in out
+
+
+# ---------------------------------------------------------------- torchvision model names
+
+
+def test_model_name_without_torchvision(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # import raises ImportError
+    code, out, err = run("inspect-checkpoint", "vgg19_bn")
+    assert code == 1 and out == ""
+    assert "torchvision" in err and "not installed" in err and err.count("\n") == 1
+
+
+def fake_torchvision(url: str) -> types.ModuleType:
+    weights = types.SimpleNamespace(DEFAULT=types.SimpleNamespace(url=url))
+
+    def get_model_weights(name: str) -> object:
+        if name != "vgg19_bn":
+            raise ValueError(f"Unknown model {name}")
+        return weights
+
+    module = types.ModuleType("torchvision")
+    models = types.ModuleType("torchvision.models")
+    models.get_model_weights = get_model_weights  # type: ignore[attr-defined]
+    module.models = models  # type: ignore[attr-defined]
+    return module
+
+
+def test_model_name_resolved_in_hub_cache(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sd: dict
+) -> None:
+    url = "https://download.pytorch.org/models/vgg19_bn-c79401a0.pth"
+    fake = fake_torchvision(url)
+    monkeypatch.setitem(sys.modules, "torchvision", fake)
+    monkeypatch.setitem(sys.modules, "torchvision.models", fake.models)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    expected = tmp_path / "hub" / "checkpoints" / "vgg19_bn-c79401a0.pth"
+    code, _, err = run("inspect-checkpoint", "vgg19_bn")
+    assert code == 1 and str(expected) in err and url in err and "never downloads" in err
+    code, _, err = run("inspect-checkpoint", "resnet_nope")
+    assert code == 1 and "neither a file nor a torchvision model name" in err
+    expected.parent.mkdir(parents=True)
+    save_legacy(sd, expected)  # torchvision's VGG19-BN file is in the legacy format
+    result = inspect_checkpoint("vgg19_bn")
+    check_vgg(result.records, sd)
+    assert result.records[0].checkpoint == "vgg19_bn"
+
+
+def test_vgg_module_matches_factory_layout() -> None:
+    """The helper's module and state dict agree on keys (the layout the tests rely on)."""
+    assert list(VGG(16).state_dict()) == list(vgg19_bn_state_dict(16))
+    with pytest.raises(CheckpointError):
+        open_checkpoint("definitely/not/here.pt")
