@@ -192,7 +192,6 @@ def build_spec(
     logy: bool | None = None,
     title: str | None = None,
     reverse_x: bool = False,
-    source: str = "the records",
 ) -> PlotSpec:
     """Resolve records and overrides into the series to draw (pure: no matplotlib).
 
@@ -205,7 +204,6 @@ def build_spec(
         logy: log y axis; the kind's default when None.
         title: figure title; a default from the kind when None.
         reverse_x: draw the x axis from right to left.
-        source: how to name the records in error messages.
 
     Raises:
         RecordsError: no records, unknown columns without --x/--y, or a non-numeric column.
@@ -213,14 +211,14 @@ def build_spec(
     """
     columns, rows = as_rows(records)
     if not rows:
-        raise RecordsError(f"{source} hold no records to plot")
+        raise RecordsError("there are no records to plot")
     hue_columns = _parse_hue(hue, columns)
     if kind is None:
         kind = detect_kind(columns)
     if kind is None:
         if x is None or y is None:
             raise RecordsError(
-                f"cannot tell what {source} hold from their columns ({', '.join(columns)}); "
+                f"cannot tell what the records hold from their columns ({', '.join(columns)}); "
                 f"expected {EXPECTED_COLUMNS}, or choose the columns to plot with --x and --y"
             )
         kind = RecordKind.columns

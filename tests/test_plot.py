@@ -406,6 +406,18 @@ def test_cli_terminal_preview_without_output_writes_no_file(tmp_path: Path, monk
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.csv"]
 
 
+def test_cli_overrides_reach_the_figure(tmp_path: Path) -> None:
+    source = write_csv(tmp_path / "layers.csv", layer_rows())
+    out = tmp_path / "fig.svg"
+    args = ["--y", "backward_var", "--hue", "init", "--no-logy", "--title", "My title"]
+    args += ["--style", "ggplot", "--size", "5,3", "--dpi", "72", "-o", str(out)]
+    result = runner.invoke(app, ["plot", str(source), *args])
+    assert result.exit_code == 0, result.output
+    svg = out.read_text()
+    assert "My title" in svg and "he-resnet" in svg and "backward_var" in svg
+    assert 'width="360pt" height="216pt"' in svg
+
+
 def test_cli_warns_about_non_positive_values(tmp_path: Path) -> None:
     rows = layer_rows(("plain",))
     rows[-1]["grad_norm_mean"] = -1.0
