@@ -1,0 +1,657 @@
+"""Your own model at initialisation: load a factory, record execution order, measure gradients.
+
+``--model path/to/file.py:make_model`` or ``--model package.module:make_model`` names a
+function that returns an ``nn.Module``; ``--model torchvision:vgg19_bn`` names a torchvision
+classification model (random initialisation, no weights; only when torchvision is installed).
+Loading a model file runs its code, exactly as ``import`` would: only point gradscope at code
+you trust.
+
+Per repeat the model gets fresh parameters (seeded by (seed, model, repeat)), a fresh input
+x ~ N(0, 1) of shape (batch, *input_shape) and a fresh output derivative ~ N(0, 1/numel)
+(numel = elements per sample of the output); a scalar output is backpropagated as it is.
+Each weight-carrying module (a ``weight`` parameter of two or more dimensions: linear,
+convolution, embedding) is one layer, in forward execution order recorded with hooks.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib
+import importlib.util
+import math
+import operator
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gradscope.errors import GradscopeError, SpecError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+class ModelError(GradscopeError):
+    """The user's model cannot be loaded, built or run; the message carries the model's own."""
+
+
+class Reinit(str, Enum):
+    """How each repeat gets fresh parameters."""
+
+    auto = "auto"  # reset when it is bit-for-bit equivalent to calling the factory, else factory
+    factory = "factory"  # call the factory again
+    reset = "reset"  # re-run each module's reset_parameters()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model factory and how to call it."""
+
+    target: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    input_shape: tuple[int, ...] = ()
+
+    @property
+    def label(self) -> str:
+        if not self.kwargs:
+            return self.target
+        args = ",".join(f"{k}={v!r}" for k, v in sorted(self.kwargs.items()))
+        return f"{self.target}({args})"
+
+
+def parse_model_args(items: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values are Python literals, anything else is taken as a string."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise SpecError(f"--model-arg takes key=value with a Python name as key, got {item!r}")
+        try:
+            out[key] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            out[key] = value.strip()
+    return out
+
+
+def parse_input_shape(text: str) -> tuple[int, ...]:
+    """``3,32,32`` (per sample; the batch size comes from --batch)."""
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise SpecError(
+            f"--input-shape takes positive integers separated by commas, got {text!r}"
+        ) from None
+    if not shape or any(v < 1 for v in shape):
+        raise SpecError(f"--input-shape takes positive integers separated by commas, got {text!r}")
+    return shape
+
+
+def _load_module_from_file(path: Path) -> Any:
+    if not path.is_file():
+        raise ModelError(f"model file {path} does not exist")
+    name = (
+        "gradscope_user_model_"
+        + hashlib.blake2b(str(path.resolve()).encode(), digest_size=6).hexdigest()
+    )
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ModelError(f"cannot import {path} as a Python file")
+    module = importlib.util.module_from_spec(spec)
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)  # the model file may import its neighbours
+    try:
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(name, None)
+        raise ModelError(f"importing {path} failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        if folder in sys.path:
+            sys.path.remove(folder)
+    return module
+
+
+def resolve_factory(target: str) -> Callable[..., Any]:
+    """The callable that ``--model`` names.
+
+    Raises:
+        ModelError: the file or module cannot be imported, or has no such function.
+        SpecError: the text is not FILE.py:FUNCTION, MODULE:FUNCTION or torchvision:NAME.
+    """
+    where, sep, attr = target.rpartition(":")
+    if not sep or not where or not attr:
+        raise SpecError(
+            f"--model takes FILE.py:FUNCTION, MODULE:FUNCTION or torchvision:NAME, got {target!r}"
+        )
+    if where == "torchvision":
+        return _torchvision_factory(attr)
+    if where.endswith(".py") or "/" in where or "\\" in where:
+        module = _load_module_from_file(Path(where))
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ModuleNotFoundError as exc:
+            raise ModelError(f"cannot import module {where!r}: {exc}") from None
+        except Exception as exc:
+            raise ModelError(f"importing {where} failed: {type(exc).__name__}: {exc}") from None
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        names = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
+        raise ModelError(
+            f"{where} has no function {attr!r}; callables there: {', '.join(names) or 'none'}"
+        )
+    return factory  # type: ignore[no-any-return]
+
+
+def _torchvision_factory(name: str) -> Callable[..., Any]:
+    try:
+        import torchvision
+    except ImportError:
+        raise ModelError(
+            f"--model torchvision:{name} needs torchvision, which is not installed "
+            "(pip install 'gradscope[torchvision]')"
+        ) from None
+    models = torchvision.models
+    available = set(models.list_models(module=models))
+    if name not in available:
+        raise ModelError(
+            f"torchvision has no classification model {name!r}; "
+            f"e.g. {', '.join(sorted(available)[:8])}, ..."
+        )
+    builder = models.get_model_builder(name)
+
+    def factory(**kwargs: Any) -> Any:
+        return builder(weights=None, **kwargs)  # random initialisation, never a download
+
+    return factory
+
+
+def build_model(factory: Callable[..., Any], kwargs: dict[str, Any], label: str) -> nn.Module:
+    """Call the factory and check it returned a module."""
+    from torch import nn
+
+    try:
+        model = factory(**kwargs)
+    except Exception as exc:
+        raise ModelError(f"the model factory {label} raised {type(exc).__name__}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise ModelError(
+            f"the model factory {label} returned a {type(model).__name__}, not a torch.nn.Module"
+        )
+    return model
+
+
+def weight_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Modules with their own ``weight`` of two or more dimensions, by qualified name."""
+    out: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():
+        weight = module._parameters.get("weight")
+        if weight is not None and weight.dim() >= 2 and weight.requires_grad:
+            out[name or "(model)"] = module
+    return out
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One weight-carrying module, in execution order."""
+
+    layer: int
+    module: str
+    module_type: str
+    param_count: int
+    path: str  # main, branch or skip (of a residual block), or "" when unknown
+    block: str
+
+
+# Residual paths ---------------------------------------------------------------------------
+
+
+_ADD_FUNCTIONS = {operator.add, operator.iadd}
+
+
+def residual_paths(
+    model: nn.Module, names: Sequence[str]
+) -> tuple[dict[str, tuple[str, str]], str]:
+    """Label each module ``main``, ``branch`` or ``skip`` of the innermost residual add.
+
+    The model is traced with torch.fx; at every addition of two tensors, the modules that only
+    one operand depends on form that operand's path: the path with more weight layers is the
+    branch, the other the skip (identity, or a downsampling projection). Returns the labels
+    and a note (empty, or why the paths are unknown).
+    """
+    import torch
+    import torch.fx
+
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception as exc:  # tracing fails on data-dependent control flow: say so, go on
+        return {}, f"residual paths unknown: torch.fx could not trace the model ({exc})".split(
+            "\n"
+        )[0]
+    wanted = set(names)
+    ancestors: dict[Any, set[Any]] = {}
+    for node in graph.nodes:
+        acc: set[Any] = set()
+        for parent in node.all_input_nodes:
+            acc.add(parent)
+            acc |= ancestors[parent]
+        ancestors[node] = acc
+    best: dict[str, tuple[int, str, str]] = {}
+    for node in graph.nodes:
+        is_add = (node.op == "call_function" and node.target in (*_ADD_FUNCTIONS, torch.add)) or (
+            node.op == "call_method" and node.target in ("add", "add_")
+        )
+        tensors = [a for a in node.args[:2] if isinstance(a, torch.fx.Node)]
+        if not is_add or len(tensors) != 2:
+            continue
+        a, b = tensors
+        side_a = ({a} | ancestors[a]) - ({b} | ancestors[b])
+        side_b = ({b} | ancestors[b]) - ({a} | ancestors[a])
+        mods_a = [n.target for n in side_a if n.op == "call_module" and n.target in wanted]
+        mods_b = [n.target for n in side_b if n.op == "call_module" and n.target in wanted]
+        if not mods_a and not mods_b:
+            continue
+        branch, skip = (mods_a, mods_b) if len(mods_a) >= len(mods_b) else (mods_b, mods_a)
+        block = _common_prefix([*branch, *skip])
+        size = len(side_a) + len(side_b)
+        for label, mods in (("branch", branch), ("skip", skip)):
+            for m in mods:
+                if m not in best or size < best[m][0]:
+                    best[m] = (size, label, block)
+    labels = {m: (label, block) for m, (_, label, block) in best.items()}
+    for m in names:
+        labels.setdefault(m, ("main", ""))
+    return labels, ""
+
+
+def _common_prefix(names: Sequence[str]) -> str:
+    parts = [n.split(".") for n in names]
+    prefix: list[str] = []
+    for column in zip(*parts, strict=False):
+        if len(set(column)) != 1:
+            break
+        prefix.append(column[0])
+    if len(names) == 1 and prefix:
+        prefix = prefix[:-1]
+    return ".".join(prefix) or "(model)"
+
+
+# The run ----------------------------------------------------------------------------------
+
+
+def model_seed(seed: int, spec: ModelSpec, batch: int, repeat: int) -> int:
+    text = f"gradscope-model|{seed}|{spec.label}|{spec.input_shape}|{batch}|{repeat}".encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
+
+
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Seed torch's global RNG (which factories and reset_parameters use) without leaking it."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _reset_all(model: nn.Module) -> None:
+    for module in model.modules():
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
+
+
+def _same_state(a: nn.Module, b: nn.Module) -> bool:
+    import torch
+
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@dataclass
+class ModelRun:
+    """What one model run measured, per layer in execution order."""
+
+    spec: ModelSpec
+    batch: int
+    layers: list[LayerInfo]
+    grad_norms: np.ndarray  # (repeats, layers)
+    forward_var: np.ndarray  # (repeats, layers)
+    backward_var: np.ndarray  # (repeats, layers)
+    reinit: Reinit
+    notes: list[str]
+    partial: bool = False
+
+
+class _Recorder:
+    """Forward hooks that record execution order, output variance and the input derivative."""
+
+    def __init__(self, modules: dict[str, nn.Module]) -> None:
+        self.modules = modules
+        self.order: list[str] = []
+        self.forward_var: dict[str, float] = {}
+        self.backward_var: dict[str, float] = {}
+        self.handles: list[Any] = []
+
+    def attach(self) -> None:
+        for name, module in self.modules.items():
+            self.handles.append(module.register_forward_hook(self._hook(name)))
+
+    def detach(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+    def reset(self) -> None:
+        self.order.clear()
+        self.forward_var.clear()
+        self.backward_var.clear()
+
+    def _hook(self, name: str) -> Callable[..., None]:
+        def hook(module: Any, inputs: tuple[Any, ...], output: Any) -> None:
+            if name in self.forward_var:  # a shared module: its first call counts
+                return
+            self.order.append(name)
+            self.forward_var[name] = _per_sample_variance(output)
+            x = inputs[0] if inputs else None
+            if x is not None and getattr(x, "requires_grad", False):
+
+                def grad_hook(grad: Any) -> None:
+                    self.backward_var.setdefault(name, _per_sample_variance(grad))
+
+                x.register_hook(grad_hook)
+
+        return hook
+
+
+def _per_sample_variance(t: Any) -> float:
+    """Variance over the batch of each element, averaged over elements (Remark B.2)."""
+    import torch
+
+    if not isinstance(t, torch.Tensor) or t.dim() < 1 or t.shape[0] < 2:
+        return math.nan
+    d = t.detach().reshape(t.shape[0], -1).to(torch.float64)
+    return float(d.var(dim=0, unbiased=False).mean())
+
+
+def run_model(
+    spec: ModelSpec,
+    *,
+    batch: int,
+    repeats: int,
+    seed: int = 0,
+    dtype: str = "float32",
+    device: str = "cpu",
+    reinit: Reinit = Reinit.auto,
+    progress: Callable[[int], None] | None = None,
+) -> ModelRun:
+    """Measure per-layer weight-gradient norms of the user's model over ``repeats`` draws.
+
+    Raises:
+        ModelError: the factory fails, returns no module, or the model rejects the input.
+        SpecError: bad sizes.
+    """
+    import torch
+
+    if batch < 1 or repeats < 1:
+        raise SpecError(f"batch and repeats must be at least 1, got {batch} and {repeats}")
+    if not spec.input_shape:
+        raise SpecError("--model needs --input-shape (per sample, e.g. 3,32,32 or 256)")
+    factory = resolve_factory(spec.target)
+    tdtype = torch.float32 if dtype == "float32" else torch.float64
+    notes: list[str] = []
+
+    def fresh(repeat: int) -> nn.Module:
+        with _seeded(model_seed(seed, spec, batch, repeat)):
+            m = build_model(factory, spec.kwargs, spec.label)
+        return m.to(device=device, dtype=tdtype).train()
+
+    model = fresh(0)
+    if reinit is Reinit.auto:
+        twin = build_model(factory, spec.kwargs, spec.label).to(device=device, dtype=tdtype)
+        with _seeded(model_seed(seed, spec, batch, 0)):
+            _reset_all(twin)
+        reinit = Reinit.reset if _same_state(model, twin) else Reinit.factory
+        if reinit is Reinit.factory:
+            notes.append(
+                "re-initialising by calling the factory each repeat (reset_parameters() does "
+                "not reproduce its initialisation)"
+            )
+        del twin
+    modules = weight_modules(model)
+    if not modules:
+        raise ModelError(f"{spec.label} has no weight-carrying module (linear, conv, embedding)")
+    recorder = _Recorder(modules)
+    grad_rows: list[np.ndarray] = []
+    fwd_rows: list[np.ndarray] = []
+    bwd_rows: list[np.ndarray] = []
+    order: list[str] = []
+    partial = False
+    try:
+        for repeat in range(repeats):
+            if repeat > 0:
+                if reinit is Reinit.reset:
+                    with _seeded(model_seed(seed, spec, batch, repeat)):
+                        _reset_all(model)
+                    model.train()
+                else:
+                    recorder.detach()
+                    model = fresh(repeat)
+                    modules = weight_modules(model)
+                    recorder = _Recorder(modules)
+            recorder.attach()
+            recorder.reset()
+            gen = torch.Generator(device=device)
+            gen.manual_seed(model_seed(seed, spec, batch, repeat) ^ 0x5DEECE66D)
+            x = torch.randn(
+                (batch, *spec.input_shape),
+                generator=gen,
+                dtype=tdtype,
+                device=device,
+                requires_grad=True,
+            )
+            model.zero_grad(set_to_none=True)
+            try:
+                out = model(x)
+            except Exception as exc:
+                raise ModelError(
+                    f"{spec.label} rejected an input of shape {tuple(x.shape)}: "
+                    f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                ) from None
+            finally:
+                recorder.detach()
+            out = _first_tensor(out, spec.label)
+            if out.dim() == 0 or out.numel() == 1:
+                out.reshape(()).backward()
+            else:
+                per_sample = out.numel() // out.shape[0] if out.dim() > 1 else out.numel()
+                dy = torch.randn(out.shape, generator=gen, dtype=out.dtype, device=device)
+                out.backward(dy / math.sqrt(per_sample))
+            if repeat == 0:
+                order = list(recorder.order)
+                if not order:
+                    raise ModelError(f"{spec.label} never called its weight-carrying modules")
+            grads, fwd, bwd = [], [], []
+            for name in order:
+                weight = modules[name]._parameters["weight"]
+                g = weight.grad if weight is not None else None
+                grads.append(math.nan if g is None else float(g.detach().double().norm()))
+                fwd.append(recorder.forward_var.get(name, math.nan))
+                bwd.append(recorder.backward_var.get(name, math.nan))
+            grad_rows.append(np.array(grads))
+            fwd_rows.append(np.array(fwd))
+            bwd_rows.append(np.array(bwd))
+            if progress is not None:
+                progress(repeat + 1)
+    except KeyboardInterrupt:
+        if not grad_rows:
+            raise
+        partial = True
+    finally:
+        recorder.detach()
+    labels, note = residual_paths(model, order)
+    if note:
+        notes.append(note)
+    layers = [
+        LayerInfo(
+            layer=i + 1,
+            module=name,
+            module_type=type(modules[name]).__name__,
+            param_count=sum(p.numel() for p in modules[name].parameters(recurse=False)),
+            path=labels.get(name, ("", ""))[0],
+            block=labels.get(name, ("", ""))[1],
+        )
+        for i, name in enumerate(order)
+    ]
+    return ModelRun(
+        spec,
+        batch,
+        layers,
+        np.stack(grad_rows),
+        np.stack(fwd_rows),
+        np.stack(bwd_rows),
+        reinit,
+        notes,
+        partial,
+    )
+
+
+def _first_tensor(out: Any, label: str) -> torch.Tensor:
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        for item in out:
+            if isinstance(item, torch.Tensor) and item.requires_grad:
+                return item
+    if hasattr(out, "logits") and isinstance(out.logits, torch.Tensor):
+        return out.logits
+    raise ModelError(f"{label} returned a {type(out).__name__}; gradscope needs a tensor output")
+
+
+# Records ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelLayerRecord:
+    """One weight-carrying module of the user's model (``simulate --model``)."""
+
+    model: str
+    batch: int
+    repeats: int
+    layer: int
+    module: str
+    module_type: str
+    param_count: int
+    path: str
+    block: str
+    grad_norm_mean: float
+    grad_norm_std: float
+    grad_norm_sem: float
+    grad_norm_ci_low: float
+    grad_norm_ci_high: float
+    forward_var: float
+    backward_var: float
+
+
+@dataclass(frozen=True)
+class ModelSummaryRecord:
+    """Growth of the gradient norm over the layers of one path, in execution order."""
+
+    model: str
+    batch: int
+    repeats: int
+    path: str
+    layers: int
+    fitted_rate: float
+    fitted_rate_ci_low: float
+    fitted_rate_ci_high: float
+    predicted_rate: float | None
+    r_squared: float
+    amplification: float
+    rate_first_half: float
+    rate_last_half: float
+    overflow_layer: int | None
+    partial: bool
+
+
+def model_records(
+    run: ModelRun, seed: int = 0
+) -> tuple[list[ModelLayerRecord], list[ModelSummaryRecord]]:
+    """Per-layer statistics (mean, std, SEM, t-interval) and per-path growth summaries."""
+    from gradscope.stats import LayerStats, bootstrap_rate_ci, half_rates, log_linear_rate
+
+    depth = len(run.layers)
+    stats = LayerStats(depth)
+    for g, f, b in zip(run.grad_norms, run.forward_var, run.backward_var, strict=True):
+        nonfinite = np.flatnonzero(~np.isfinite(g))
+        stats.add(g, f, b, overflow_layer=int(nonfinite[0]) + 1 if nonfinite.size else None)
+    s = stats.summary()
+    repeats = stats.count
+    rows = [
+        ModelLayerRecord(
+            model=run.spec.label,
+            batch=run.batch,
+            repeats=repeats,
+            layer=info.layer,
+            module=info.module,
+            module_type=info.module_type,
+            param_count=info.param_count,
+            path=info.path,
+            block=info.block,
+            grad_norm_mean=float(s.mean[i]),
+            grad_norm_std=float(s.std[i]),
+            grad_norm_sem=float(s.sem[i]),
+            grad_norm_ci_low=float(s.ci_low[i]),
+            grad_norm_ci_high=float(s.ci_high[i]),
+            forward_var=float(s.forward_var[i]),
+            backward_var=float(s.backward_var[i]),
+        )
+        for i, info in enumerate(run.layers)
+    ]
+    groups: list[tuple[str, list[int]]] = [("all", list(range(depth)))]
+    paths = {info.path for info in run.layers}
+    if "branch" in paths:
+        groups.append(("branch", [i for i, x in enumerate(run.layers) if x.path == "branch"]))
+        groups.append(("main+skip", [i for i, x in enumerate(run.layers) if x.path != "branch"]))
+    summary = []
+    norms = stats.norm_matrix()
+    for name, idx in groups:
+        if len(idx) < 2:
+            continue
+        means = s.mean[idx]
+        rate, r2 = log_linear_rate(means)
+        low, high = bootstrap_rate_ci(norms[:, idx], seed=seed)
+        first, last = half_rates(means)
+        bad = [i + 1 for i in idx if not np.isfinite(s.mean[i])]
+        summary.append(
+            ModelSummaryRecord(
+                model=run.spec.label,
+                batch=run.batch,
+                repeats=repeats,
+                path=name,
+                layers=len(idx),
+                fitted_rate=rate,
+                fitted_rate_ci_low=low,
+                fitted_rate_ci_high=high,
+                predicted_rate=None,
+                r_squared=r2,
+                amplification=float(means[0] / means[-1]) if means[-1] else math.nan,
+                rate_first_half=first,
+                rate_last_half=last,
+                overflow_layer=bad[0] if bad else None,
+                partial=run.partial,
+            )
+        )
+    return rows, summary
