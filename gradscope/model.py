@@ -148,7 +148,7 @@ def resolve_factory(target: str) -> Callable[..., Any]:
         raise ModelError(
             f"{where} has no function {attr!r}; callables there: {', '.join(names) or 'none'}"
         )
-    return factory  # type: ignore[no-any-return]
+    return factory
 
 
 def _torchvision_factory(name: str) -> Callable[..., Any]:
