@@ -21,6 +21,7 @@ torch is imported lazily: importing this module stays cheap.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -165,6 +166,10 @@ def natural_key(name: str) -> tuple[tuple[int, Any], ...]:
     return tuple((0, int(t)) if t.isdigit() else (1, t) for t in re.split(r"(\d+)", name) if t)
 
 
+def _constant(value: Any) -> Callable[[], Any]:
+    return lambda: value
+
+
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text if len(text) <= 160 else text[:157] + "..."
@@ -274,15 +279,18 @@ def _open_safetensors(path: str, label: str) -> TensorTable:
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{path} has a corrupt entry for tensor {name!r}") from None
         itemsize = torch.empty((), dtype=_torch_dtype(dtype_name)).element_size()
-        if begin < 0 or end < begin or start + end > size or end - begin != math.prod(shape) * (
-            itemsize
+        if (
+            begin < 0
+            or end < begin
+            or start + end > size
+            or end - begin != math.prod(shape) * (itemsize)
         ):
             raise CheckpointError(
                 f"{path} is truncated or corrupt: tensor {name!r} lies outside the file"
             )
         entries[name] = TensorEntry(
             shape,
-            lambda b=begin, e=end, d=dtype_name, s=shape: _read_tensor(path, start + b, e - b, d, s),
+            functools.partial(_read_tensor, path, start + begin, end - begin, dtype_name, shape),
         )
     order = sorted(entries, key=natural_key)
     table = TensorTable(label, path, "safetensors", {k: entries[k] for k in order}, ordered=False)
@@ -312,9 +320,7 @@ def _open_index(index_path: str, label: str, key: str | None, trust: bool) -> Te
                 raise CheckpointError(f"{shard} does not hold {name!r}, as {index_path} says")
             entries[name] = table.entries[name]
     order = sorted(entries, key=natural_key)
-    return TensorTable(
-        label, index_path, "sharded", {k: entries[k] for k in order}, ordered=False
-    )
+    return TensorTable(label, index_path, "sharded", {k: entries[k] for k in order}, ordered=False)
 
 
 # --------------------------------------------------------------------------- restricted pickle
@@ -365,7 +371,9 @@ _STORAGE_DTYPES = {
 def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *_: Any) -> _TensorRef:
     if not isinstance(storage, _StorageRef):
         raise _Unsupported("tensor without a storage")
-    return _TensorRef(storage, int(offset), tuple(int(s) for s in size), tuple(int(s) for s in stride))
+    return _TensorRef(
+        storage, int(offset), tuple(int(s) for s in size), tuple(int(s) for s in stride)
+    )
 
 
 def _rebuild_parameter(data: Any, *_: Any) -> Any:
@@ -432,11 +440,7 @@ def _tensor_loader(ref: _TensorRef, read_storage: Callable[[_StorageRef], bytes]
         itemsize = torch.empty((), dtype=dtype).element_size()
         if len(raw) != ref.storage.numel * itemsize:
             raise CheckpointError("a tensor's storage is truncated")
-        flat = (
-            torch.frombuffer(bytearray(raw), dtype=dtype)
-            if raw
-            else torch.zeros(0, dtype=dtype)
-        )
+        flat = torch.frombuffer(bytearray(raw), dtype=dtype) if raw else torch.zeros(0, dtype=dtype)
         try:
             return flat.as_strided(ref.size, ref.stride, ref.offset)
         except RuntimeError as exc:
@@ -589,7 +593,9 @@ def _module_graph(module: Any) -> tuple[list[tuple[str, str]], dict[str, float]]
     return modules, eps
 
 
-def _find_state_dict(obj: Any, path: str, key: str | None) -> tuple[Mapping[str, Any], str | None, list[str]]:
+def _find_state_dict(
+    obj: Any, path: str, key: str | None
+) -> tuple[Mapping[str, Any], str | None, list[str]]:
     """The mapping of tensors in a loaded checkpoint, the key path used, and notes."""
     notes: list[str] = []
 
@@ -666,9 +672,7 @@ def _list_keys(obj: Any) -> str:
     return text + (f", … ({len(keys)} in all)" if len(keys) > 12 else "")
 
 
-def _table_from_object(
-    obj: Any, path: str, label: str, fmt: str, key: str | None
-) -> TensorTable:
+def _table_from_object(obj: Any, path: str, label: str, fmt: str, key: str | None) -> TensorTable:
     modules = None
     eps: dict[str, float] = {}
     if hasattr(obj, "named_modules") and not isinstance(obj, Mapping):
@@ -682,7 +686,7 @@ def _table_from_object(
         if isinstance(v, _LazyTensor):
             entries[mapping[k]] = TensorEntry(tuple(v.shape), v.load)
         else:
-            entries[mapping[k]] = TensorEntry(tuple(v.shape), lambda t=v: t)
+            entries[mapping[k]] = TensorEntry(tuple(v.shape), _constant(v))
     if not entries:
         raise CheckpointError(f"{path} holds no tensors")
     if stripped:
@@ -714,7 +718,9 @@ def _open_torchscript(path: str, label: str, zf: zipfile.ZipFile, trust: bool) -
             with zipfile.ZipFile(path) as z:
                 return z.read(f"{prefix}/data/{ref.key}")
         except (KeyError, zipfile.BadZipFile, OSError) as exc:
-            raise CheckpointError(f"{path}: storage {ref.key} is unreadable ({_short(exc)})") from None
+            raise CheckpointError(
+                f"{path}: storage {ref.key} is unreadable ({_short(exc)})"
+            ) from None
 
     entries: dict[str, TensorEntry] = {}
     modules: list[tuple[str, str]] = []
@@ -748,7 +754,7 @@ def _open_torchscript_trusted(path: str, label: str) -> TensorTable:
     except Exception as exc:
         raise CheckpointError(f"{path} could not be loaded by torch.jit ({_short(exc)})") from None
     modules = [(n, m.original_name) for n, m in module.named_modules() if n]
-    entries = {k: TensorEntry(tuple(v.shape), lambda t=v: t) for k, v in module.state_dict().items()}
+    entries = {k: TensorEntry(tuple(v.shape), _constant(v)) for k, v in module.state_dict().items()}
     return TensorTable(label, path, "torchscript", entries, True, None, modules)
 
 
@@ -796,7 +802,9 @@ def _open_file(path: str, label: str, *, key: str | None, trust: bool) -> Tensor
         try:
             zf = zipfile.ZipFile(path)
         except (zipfile.BadZipFile, OSError) as exc:
-            raise CheckpointError(f"{path} is a truncated or corrupt zip archive ({_short(exc)})") from None
+            raise CheckpointError(
+                f"{path} is a truncated or corrupt zip archive ({_short(exc)})"
+            ) from None
         with zf:
             names = zf.namelist()
             if any(n.endswith("/constants.pkl") for n in names) and any(
@@ -823,10 +831,9 @@ def _open_file(path: str, label: str, *, key: str | None, trust: bool) -> Tensor
 
 
 def _looks_like_model_name(source: str) -> bool:
-    return (
-        re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", source) is not None
-        and not source.lower().endswith(tuple(s.lstrip(".") for s in TORCH_SUFFIXES))
-    )
+    return re.fullmatch(
+        r"[A-Za-z][A-Za-z0-9_]*", source
+    ) is not None and not source.lower().endswith(tuple(s.lstrip(".") for s in TORCH_SUFFIXES))
 
 
 def resolve_model_name(name: str) -> Path:
@@ -958,7 +965,9 @@ def find_batchnorms(table: TensorTable) -> list[_BatchNorm]:
     return sorted(layers.values(), key=lambda b: b.position)
 
 
-def _feeding_weight(table: TensorTable, bn: _BatchNorm, channels: int, bn_names: set[str]) -> str | None:
+def _feeding_weight(
+    table: TensorTable, bn: _BatchNorm, channels: int, bn_names: set[str]
+) -> str | None:
     """The weight of the layer feeding this BatchNorm (output size == num_features)."""
     entries = table.entries
 
@@ -978,8 +987,15 @@ def _feeding_weight(table: TensorTable, bn: _BatchNorm, channels: int, bn_names:
             if ok(join(f"{j}.weight")):
                 return join(f"{j}.weight")
     guesses = []
-    for a, b in (("bn", "conv"), ("BN", "conv"), ("batchnorm", "conv"), ("norm", "conv"),
-                 ("bn", "fc"), ("bn", "linear"), ("norm", "proj")):
+    for a, b in (
+        ("bn", "conv"),
+        ("BN", "conv"),
+        ("batchnorm", "conv"),
+        ("norm", "conv"),
+        ("bn", "fc"),
+        ("bn", "linear"),
+        ("norm", "proj"),
+    ):
         if a in leaf:
             guesses.append(leaf.replace(a, b))
     stripped = re.sub(r"[._-]?(bn|BN|batchnorm|BatchNorm|norm|Norm)$", "", leaf)
@@ -1036,9 +1052,8 @@ def _after_downsample(table: TensorTable, bns: list[_BatchNorm]) -> list[bool]:
         parts = name.split(".")
         for i in range(1, len(parts)):
             module_prefixes.add(".".join(parts[:i]))
-    gaps: list[tuple[str, int] | None] = [None] + [
-        _param_free_gap(a, b, module_prefixes) for a, b in zip(names, names[1:], strict=False)
-    ]
+    gaps: list[tuple[str, int] | None] = [None]
+    gaps += [_param_free_gap(a, b, module_prefixes) for a, b in zip(names, names[1:], strict=False)]
     baseline: dict[str, int] = {}
     for gap in gaps:
         if gap is not None:
@@ -1061,9 +1076,7 @@ def batchnorm_records(table: TensorTable) -> list[CheckpointRecord]:
     for index, (bn, after) in enumerate(zip(bns, downsample, strict=True), start=1):
         var = _to_numpy(table.entries[bn.keys["running_var"]].load())
         eps = table.eps.get(bn.name, DEFAULT_EPS)
-        gamma = (
-            _to_numpy(table.entries[bn.keys["weight"]].load()) if "weight" in bn.keys else None
-        )
+        gamma = _to_numpy(table.entries[bn.keys["weight"]].load()) if "weight" in bn.keys else None
         with np.errstate(invalid="ignore", divide="ignore"):
             mean_var = float(np.mean(var)) if var.size else math.nan
             sigma = math.sqrt(mean_var) if mean_var >= 0 else math.nan
@@ -1139,7 +1152,9 @@ def weight_records(table: TensorTable) -> list[WeightRecord]:
     return out
 
 
-def _fit_record(label: str, scope: str, rows: Sequence[CheckpointRecord]) -> CheckpointSummaryRecord | None:
+def _fit_record(
+    label: str, scope: str, rows: Sequence[CheckpointRecord]
+) -> CheckpointSummaryRecord | None:
     usable = [r for r in rows if math.isfinite(r.sigma) and r.sigma > 0]
     if len(usable) < 2:
         return None
@@ -1191,8 +1206,9 @@ def summarize(records: Sequence[CheckpointRecord], jumps: int = 3) -> list[Check
         steps.sort(key=lambda s: -abs(math.log(s[0])))
         for ratio, a, b in steps[:jumps]:
             out.append(
-                CheckpointSummaryRecord(label, "jump", a.index, b.index, 2, None, None, None,
-                                        None, None, ratio)
+                CheckpointSummaryRecord(
+                    label, "jump", a.index, b.index, 2, None, None, None, None, None, ratio
+                )
             )
     return out
 

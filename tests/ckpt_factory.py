@@ -50,9 +50,9 @@ def vgg19_bn_state_dict(scale: int = 16, seed: int = 0) -> OrderedDict[str, torc
     for layer, (ci, bi, out_ch, pools) in enumerate(bn_layout(), start=1):
         c = max(out_ch // scale, 2)
         fan_in = in_ch * 9
-        sd[f"features.{ci}.weight"] = torch.randn(c, in_ch, 3, 3, generator=gen) * (
-            2.0 / fan_in
-        ) ** 0.5
+        sd[f"features.{ci}.weight"] = (
+            torch.randn(c, in_ch, 3, 3, generator=gen) * (2.0 / fan_in) ** 0.5
+        )
         sd[f"features.{ci}.bias"] = torch.randn(c, generator=gen) * 0.01
         sigma = target_sigma(layer, pools)
         pattern = torch.rand(c, generator=gen) + 0.5
@@ -65,7 +65,9 @@ def vgg19_bn_state_dict(scale: int = 16, seed: int = 0) -> OrderedDict[str, torc
         in_ch = c
     hidden = 4096 // scale
     flat = in_ch * 7 * 7
-    for i, (fi, fo) in zip((0, 3, 6), ((flat, hidden), (hidden, hidden), (hidden, 1000)), strict=True):
+    for i, (fi, fo) in zip(
+        (0, 3, 6), ((flat, hidden), (hidden, hidden), (hidden, 1000)), strict=True
+    ):
         sd[f"classifier.{i}.weight"] = torch.randn(fo, fi, generator=gen) * (1.0 / fi) ** 0.5
         sd[f"classifier.{i}.bias"] = torch.zeros(fo)
     return sd

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -10,6 +11,7 @@ import pickle
 import sys
 import types
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -207,13 +209,18 @@ def test_prefixes_are_stripped(tmp_path: Path, sd: dict, prefix: str) -> None:
     assert any("stripped the prefix" in n for n in result.notes)
 
 
+def record_load(log: list[str], name: str, load: Callable[[], torch.Tensor]) -> torch.Tensor:
+    log.append(name)
+    return load()
+
+
 def test_only_needed_tensors_are_read(files: dict[str, Path]) -> None:
     for fmt in ("legacy", "zip", "safetensors", "sharded", "torchscript"):
         table = open_checkpoint(files[fmt])
         loaded: list[str] = []
         for name, entry in table.entries.items():
             original = entry.load
-            entry.load = lambda n=name, f=original: (loaded.append(n), f())[1]
+            entry.load = functools.partial(record_load, loaded, name, original)
         batchnorm_records(table)
         assert loaded, fmt
         assert not any(n.startswith("classifier") for n in loaded), fmt

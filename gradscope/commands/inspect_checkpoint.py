@@ -114,4 +114,3 @@ def inspect_checkpoint_command(
         note(f"wrote {plot}")
     elif plot is not None:
         note(f"no plot written to {plot}: there are no BatchNorm layers to draw")
-
