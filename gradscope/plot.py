@@ -30,6 +30,7 @@ DEFAULT_SIZE = (7.0, 4.5)
 DEFAULT_DPI = 150
 MAX_INLINE_LEGEND = 6  # more legend entries than this go outside the axes
 MAX_MARKED_POINTS = 40  # longer lines are drawn without point markers
+PLAIN_LOG_LABELS_BELOW = 2.0  # decades: narrower log axes get plain tick labels
 
 
 class PlotWarning(UserWarning):
@@ -618,6 +619,31 @@ def _colours(count: int) -> list[Any]:
     return [matplotlib.colormaps["viridis"](t) for t in np.linspace(0.0, 0.9, count)]
 
 
+def _decades(spec: PlotSpec) -> float:
+    """How many powers of ten the positive y values span."""
+    values = np.concatenate([s.y for s in spec.series])
+    positive = values[np.isfinite(values) & (values > 0)]
+    return float(np.log10(positive.max() / positive.min())) if positive.size else 0.0
+
+
+def _plain_log_labels(ax: Any, decades: float) -> None:
+    """On a narrow log axis, label ticks 0.05, 0.06, 3, 4 rather than 5×10⁻², 6×10⁻², 3×10⁰."""
+    from matplotlib.ticker import FuncFormatter
+
+    if decades >= PLAIN_LOG_LABELS_BELOW:
+        return
+
+    def plain(value: float, _position: int | None = None) -> str:
+        return f"{value:.3g}"
+
+    def some(value: float, _position: int | None = None) -> str:
+        leading = round(value / 10 ** math.floor(math.log10(value)))
+        return plain(value) if leading in (2, 3, 5) else ""
+
+    ax.yaxis.set_major_formatter(FuncFormatter(plain))
+    ax.yaxis.set_minor_formatter(FuncFormatter(plain if decades < 0.7 else some))
+
+
 def _draw_axes(fig: Figure, spec: PlotSpec) -> None:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
@@ -682,6 +708,7 @@ def _draw_axes(fig: Figure, spec: PlotSpec) -> None:
 
     if spec.logy:
         ax.set_yscale("log", nonpositive="clip")
+        _plain_log_labels(ax, _decades(spec))
     if spec.x_categories is not None:
         ax.set_xticks(range(len(spec.x_categories)), list(spec.x_categories))
     elif all(np.array_equal(s.x, np.round(s.x)) for s in spec.series):

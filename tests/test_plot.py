@@ -233,6 +233,14 @@ def test_ratios_with_several_stds_are_lines_against_input_std() -> None:
     np.testing.assert_allclose(ax.lines[0].get_xdata(), [0.5, 1.0, 2.0])
 
 
+def test_narrow_log_axis_has_plain_tick_labels() -> None:
+    rows = [{"layer": i, "grad_norm_mean": 0.05 * 1.02 ** (20 - i)} for i in range(1, 21)]
+    ax = plot_records(rows).axes[0]
+    ax.figure.canvas.draw()
+    labels = {t.get_text() for t in ax.get_yticklabels(minor=True) + ax.get_yticklabels()}
+    assert {"0.05", "0.06", "0.07"} <= labels
+
+
 def test_dataclass_records_are_accepted() -> None:
     @dataclasses.dataclass(frozen=True)
     class Layer:
