@@ -62,12 +62,14 @@ class Interval(str, Enum):
 
 # Columns that are not configuration: measurements and per-row descriptors. Every other column
 # is configuration, and the configuration columns whose values vary tell the series apart.
-_LAYER_COLUMNS = {
+_SIMULATE_CHECKS = {"prediction_in_ci", "rate_deviation", "overflow_repeats", "partial",
+                    "prediction_basis"}  # fmt: skip
+_LAYER_COLUMNS = _SIMULATE_CHECKS | {
     "layer", "grad_norm_mean", "grad_norm_std", "grad_norm_sem", "grad_norm_ci_low",
     "grad_norm_ci_high", "forward_var", "backward_var", "predicted_grad_norm", "module",
     "module_type",
 }  # fmt: skip
-_SWEEP_COLUMNS = {
+_SWEEP_COLUMNS = _SIMULATE_CHECKS | {
     "fitted_rate", "fitted_rate_ci_low", "fitted_rate_ci_high", "predicted_rate", "r_squared",
     "amplification", "overflow_layer", "rate_first_half", "rate_last_half",
 }  # fmt: skip

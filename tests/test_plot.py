@@ -64,6 +64,7 @@ def layer_rows(archs: tuple[str, ...] = ("plain", "resnet")) -> list[dict]:
                     "forward_var": 1.0,
                     "backward_var": mean**2,
                     "predicted_grad_norm": mean if arch == "plain" else None,
+                    "prediction_in_ci": layer % 2 == 0 if arch == "plain" else None,
                 }
             )
     return rows
@@ -84,6 +85,8 @@ def sweep_rows() -> list[dict]:
             "r_squared": 0.99,
             "amplification": rate ** (depth - 1),
             "overflow_layer": None,
+            "prediction_in_ci": depth > 4,
+            "partial": False,
         }
         for activation, rate in rates.items()
         for depth in (4, 8, 16, 32)
