@@ -1,0 +1,821 @@
+"""The ``simulate`` engine: fresh random nets, forward and hand-written backward, per-layer records.
+
+One repeat draws its weights, input and output derivative (:func:`gradscope.nets.draw_repeat`),
+runs the forward pass keeping what the backward needs, and runs the backward pass by hand
+(fused ATen kernels for the norm layers and activation derivatives; no autograd graph), giving
+per layer the Frobenius norm of the weight gradient, the variance of the layer's output and the
+variance of the derivative at the layer's input. Tests compare it with a plain
+``nn.Module`` + ``backward()`` loop on the same numbers.
+
+On a CPU, repeats run one at a time on each of ``workers`` threads (each thread with its own
+buffers and one intra-op thread): random-number generation is single-threaded in PyTorch, so
+two repeats in flight keep both cores busy where one repeat at a time would leave one idle.
+On CUDA, ``chunk`` repeats are stacked and run as batched matmuls.
+
+Statistics are merged in repeat order, so the output is bit-identical whatever the number of
+workers or the chunk size. The engine returns records and never prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gradscope.activations import SELU_ALPHA, SELU_SCALE, ActivationSpec, parse_activation
+from gradscope.errors import ResourceError, SpecError
+from gradscope.nets import (
+    NORM_EPS,
+    Arch,
+    Device,
+    Dtype,
+    Init,
+    NetSpec,
+    Norm,
+    RepeatDraw,
+    ResidualScale,
+    draw_repeat,
+    resolve_device,
+    resolve_init,
+    torch_dtype,
+)
+from gradscope.stats import LayerStats, bootstrap_rate_ci, half_rates, log_linear_rate
+from gradscope.theory import Prediction, predict
+
+if TYPE_CHECKING:
+    import torch
+
+ProgressFn = Callable[[int], None]
+
+
+# --------------------------------------------------------------------------------------------
+# Records
+
+
+@dataclass(frozen=True)
+class SimulateRecord:
+    """One layer of one configuration; the field order is the CSV header."""
+
+    arch: str
+    residual_scale: str
+    activation: str
+    norm: str
+    init: str
+    gain: float
+    depth: int
+    width: int
+    batch: int
+    repeats: int
+    layer: int
+    grad_norm_mean: float
+    grad_norm_std: float | None
+    grad_norm_sem: float | None
+    grad_norm_ci_low: float | None
+    grad_norm_ci_high: float | None
+    forward_var: float
+    backward_var: float
+    predicted_grad_norm: float | None
+    prediction_in_ci: bool | None
+
+
+@dataclass(frozen=True)
+class SimulateSummary:
+    """One configuration: fitted growth rate per layer (last layer → first) against theory."""
+
+    arch: str
+    residual_scale: str
+    activation: str
+    norm: str
+    init: str
+    gain: float
+    depth: int
+    width: int
+    batch: int
+    repeats: int
+    fitted_rate: float | None
+    fitted_rate_ci_low: float | None
+    fitted_rate_ci_high: float | None
+    predicted_rate: float | None
+    rate_deviation: float | None
+    prediction_in_ci: bool | None
+    r_squared: float | None
+    amplification: float | None
+    rate_first_half: float | None
+    rate_last_half: float | None
+    overflow_layer: int | None
+    overflow_repeats: int
+    partial: bool
+    prediction_basis: str
+
+
+@dataclass
+class SimulationResult:
+    """What :func:`simulate` returns: per-layer records, one summary per configuration."""
+
+    records: list[SimulateRecord]
+    summary: list[SimulateSummary]
+    partial: bool = False
+    repeats_done: dict[str, int] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Memory
+
+
+def available_memory() -> int:
+    """Bytes of RAM available now (MemAvailable on Linux), or a conservative guess."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def default_max_memory() -> int:
+    """A safe share of the RAM available now: half of it."""
+    return available_memory() // 2
+
+
+def estimate_memory(spec: NetSpec, repeats: int, dtype: Dtype, in_flight: int) -> int:
+    """Bytes the engine needs for one configuration with ``in_flight`` repeats at a time.
+
+    Per repeat in flight: the weights (depth·width²), the forward tensors kept for the backward
+    (about 4 per layer of batch·width) and the backward temporaries (a width² weight gradient
+    and a few batch·width tensors). Plus 8 bytes per layer and repeat of kept norms and
+    1000 bootstrap resamples.
+    """
+    item = 4 if dtype is Dtype.float32 else 8
+    bw = spec.batch * spec.width
+    per_repeat = item * (
+        spec.depth * spec.width * spec.width + (4 * spec.depth + 8) * bw + 2 * spec.width**2
+    )
+    kept = 8 * spec.depth * repeats
+    bootstrap = 8 * 250 * repeats * 2
+    return in_flight * per_repeat + kept + bootstrap
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+# --------------------------------------------------------------------------------------------
+# Activation derivatives: the ATen kernels autograd itself calls, one fused pass each.
+
+
+def activation_backward(act: ActivationSpec) -> Callable[[Any, Any, Any], Any]:
+    """``back(grad, u, y)`` = grad · g'(u), where y = g(u) is the saved output."""
+    import torch
+
+    aten = torch.ops.aten
+    p = act.param
+    name = act.entry.torch_name
+    table: dict[str, Callable[[Any, Any, Any], Any]] = {
+        "relu": lambda g, u, y: aten.threshold_backward(g, y, 0),
+        "leaky_relu": lambda g, u, y: aten.leaky_relu_backward(g, u, p, False),
+        "elu": lambda g, u, y: aten.elu_backward(g, p, 1, 1, False, u),
+        "selu": lambda g, u, y: aten.elu_backward(g, SELU_ALPHA, SELU_SCALE, 1, False, u),
+        "celu": lambda g, u, y: aten.elu_backward(g, p, 1, 1.0 / p, False, u),
+        "gelu": lambda g, u, y: aten.gelu_backward(g, u),
+        "gelu_tanh": lambda g, u, y: aten.gelu_backward(g, u, approximate="tanh"),
+        "silu": lambda g, u, y: aten.silu_backward(g, u),
+        "mish": lambda g, u, y: aten.mish_backward(g, u),
+        "softplus": lambda g, u, y: aten.softplus_backward(g, u, p, 20.0),
+        "tanh": lambda g, u, y: aten.tanh_backward(g, y),
+        "sigmoid": lambda g, u, y: aten.sigmoid_backward(g, y),
+        "hardtanh": lambda g, u, y: aten.hardtanh_backward(g, u, -p, p),
+        "hardswish": lambda g, u, y: aten.hardswish_backward(g, u),
+        "relu6": lambda g, u, y: aten.hardtanh_backward(g, u, 0.0, 6.0),
+        "softsign": lambda g, u, y: g / (1.0 + u.abs()).square(),
+        "identity": lambda g, u, y: g,
+    }
+    return table[name]
+
+
+# --------------------------------------------------------------------------------------------
+# Norm layers: forward keeps (normalised output, 1/σ); backward is the closed form.
+
+
+def _norm_forward(norm: Norm, h: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    import torch
+
+    if norm is Norm.batchnorm:
+        if h.dim() == 2:
+            out, mean, invstd = torch.native_batch_norm(
+                h, None, None, None, None, True, 0.0, NORM_EPS
+            )
+            return out, (mean, invstd)
+        # (R, batch, width): statistics over the batch of each repeat
+        var, mean = torch.var_mean(h, dim=-2, keepdim=True, correction=0)
+        invstd = torch.rsqrt(var + NORM_EPS)
+        out = (h - mean) * invstd
+        return out, (out, invstd)
+    if norm is Norm.layernorm:
+        out, mean, rstd = torch.native_layer_norm(h, [h.shape[-1]], None, None, NORM_EPS)
+        return out, (mean, rstd)
+    return h, None
+
+
+def _norm_backward(norm: Norm, grad: torch.Tensor, h: torch.Tensor, saved: Any) -> torch.Tensor:
+    import torch
+
+    aten = torch.ops.aten
+    if norm is Norm.batchnorm:
+        if h.dim() == 2:
+            mean, invstd = saved
+            return aten.native_batch_norm_backward(
+                grad, h, None, None, None, mean, invstd, True, NORM_EPS, [True, False, False]
+            )[0]
+        out, invstd = saved
+        g_mean = grad.mean(dim=-2, keepdim=True)
+        go_mean = (grad * out).mean(dim=-2, keepdim=True)
+        return (grad - g_mean - out * go_mean) * invstd
+    if norm is Norm.layernorm:
+        mean, rstd = saved
+        return aten.native_layer_norm_backward(
+            grad, h, [h.shape[-1]], mean, rstd, None, None, [True, False, False]
+        )[0]
+    return grad
+
+
+def _unit_var(t: torch.Tensor) -> torch.Tensor:
+    """Variance over the batch of each unit (divided by the batch size), averaged over units.
+
+    Computed from sums (torch.var over the batch dimension is ~15× slower on a CPU).
+    """
+    batch, width = t.shape[-2], t.shape[-1]
+    col = t.sum(dim=-2)  # (..., width)
+    total_sq = (t * t).sum(dim=(-2, -1))
+    return (total_sq - (col * col).sum(dim=-1) / batch) / (batch * width)
+
+
+# --------------------------------------------------------------------------------------------
+# One repeat (or a stack of R repeats on a leading dimension)
+
+
+@dataclass
+class RepeatOutput:
+    """Per layer (layer 1 first): shapes (depth,) for one repeat, (R, depth) for a stack."""
+
+    grad_norm: torch.Tensor
+    forward_var: torch.Tensor
+    backward_var: torch.Tensor
+
+
+def forward_backward(
+    spec: NetSpec,
+    weights: torch.Tensor,
+    x: torch.Tensor,
+    dy: torch.Tensor,
+    act_fn: Callable[[Any], Any] | None = None,
+    act_back: Callable[[Any, Any, Any], Any] | None = None,
+) -> RepeatOutput:
+    """Forward and hand-written backward of one repeat, or of R stacked repeats.
+
+    Args:
+        weights: (depth, width, width) or (R, depth, width, width); layer l computes x @ W_l.T.
+        x: (batch, width) or (R, batch, width), the input.
+        dy: like ``x``, the derivative of the loss at the last layer's output.
+
+    Returns:
+        Per layer: the weight gradient's Frobenius norm, the variance of the layer's output and
+        the variance of the derivative at the layer's input (both over the batch, per unit,
+        averaged over units).
+    """
+    import torch
+
+    act_fn = act_fn or spec.activation.torch_fn()
+    act_back = act_back or activation_backward(spec.activation)
+    depth, norm, resnet = spec.depth, spec.norm, spec.arch is Arch.resnet
+    scale = spec.branch_scale
+    stacked = weights.dim() == 4
+    w_of = (lambda i: weights[:, i]) if stacked else (lambda i: weights[i])
+
+    with torch.no_grad():
+        xs = [x]  # x_0 .. x_L
+        saved: list[tuple[Any, Any, Any, Any]] = []  # (h, norm state, u, y) per layer
+        for i in range(depth):
+            w = w_of(i)
+            h = torch.matmul(xs[-1], w.transpose(-1, -2))
+            n, state = _norm_forward(norm, h)
+            is_second = resnet and i % 2 == 1
+            u = n
+            if is_second:
+                u = n * scale + xs[-2] if scale != 1.0 else n + xs[-2]
+            y = act_fn(u)
+            saved.append((h, state, u, y))
+            xs.append(y)
+        fvar = torch.stack([_unit_var(t) for t in xs[1:]], dim=-1)
+
+        grads: list[torch.Tensor | None] = [None] * (depth + 1)  # ∂ℓ/∂x_l
+        grads[depth] = dy
+        norms: list[torch.Tensor] = [dy.new_empty(())] * depth
+        bvars: list[torch.Tensor] = [dy.new_empty(())] * depth
+        for i in range(depth - 1, -1, -1):
+            h, state, u, y = saved[i]
+            g_out = grads[i + 1]
+            assert g_out is not None
+            du = act_back(g_out, u, y)
+            is_second = resnet and i % 2 == 1
+            if is_second:
+                grads[i - 1] = du  # the skip (only consumer of x_{i-1} besides layer i)
+                dn = du * scale if scale != 1.0 else du
+            else:
+                dn = du
+            dh = _norm_backward(norm, dn, h, state)
+            grad_w = torch.matmul(dh.transpose(-1, -2), xs[i])
+            norms[i] = torch.linalg.vector_norm(grad_w, dim=(-2, -1))
+            dx = torch.matmul(dh, w_of(i))
+            prev = grads[i]
+            dx = dx if prev is None else dx + prev
+            grads[i] = dx
+            bvars[i] = _unit_var(dx)
+            saved[i] = (None, None, None, None)
+        return RepeatOutput(torch.stack(norms, -1), fvar, torch.stack(bvars, -1))
+
+
+def _overflow_layer(out: RepeatOutput, depth: int) -> int | None:
+    """First layer, in the order computed (forward 1→L, then backward L→1), with inf/NaN."""
+    fv = out.forward_var.cpu().numpy()
+    bad = np.flatnonzero(~np.isfinite(fv))
+    if bad.size:
+        return int(bad[0]) + 1
+    back = ~np.isfinite(out.backward_var.cpu().numpy()) | ~np.isfinite(out.grad_norm.cpu().numpy())
+    bad = np.flatnonzero(back)
+    if bad.size:
+        return int(bad[-1]) + 1
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Running one configuration
+
+
+class _Worker:
+    """Per-thread buffers, reused for every repeat the thread runs."""
+
+    def __init__(self) -> None:
+        self.draw: RepeatDraw | None = None
+
+
+def _run_one(
+    spec: NetSpec,
+    seed: int,
+    repeat: int,
+    dtype: Dtype,
+    device: str,
+    local: threading.local,
+    act: tuple[Any, Any],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int | None]:
+    draw = getattr(local, "draw", None)
+    if (
+        draw is None
+        or draw.weights.shape[0] != spec.depth
+        or draw.x.shape
+        != (
+            spec.batch,
+            spec.width,
+        )
+    ):
+        draw = None
+    draw = draw_repeat(spec, seed, repeat, dtype, device, out=draw)
+    local.draw = draw
+    out = forward_backward(spec, draw.weights, draw.x, draw.dy, *act)
+    layer = _overflow_layer(out, spec.depth)
+    return (
+        out.grad_norm.double().cpu().numpy(),
+        out.forward_var.double().cpu().numpy(),
+        out.backward_var.double().cpu().numpy(),
+        layer,
+    )
+
+
+def _run_stack(
+    spec: NetSpec,
+    seed: int,
+    first: int,
+    count: int,
+    dtype: Dtype,
+    device: str,
+    act: tuple[Any, Any],
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, int | None]]:
+    """``count`` repeats stacked on a leading dimension (batched matmuls; the GPU path)."""
+    import torch
+
+    tdt = torch_dtype(dtype)
+    d, w, b = spec.depth, spec.width, spec.batch
+    weights = torch.empty(count, d, w, w, dtype=tdt, device=device)
+    xs = torch.empty(count, b, w, dtype=tdt, device=device)
+    dys = torch.empty(count, b, w, dtype=tdt, device=device)
+    for k in range(count):
+        draw_repeat(spec, seed, first + k, dtype, device, out=RepeatDraw(weights[k], xs[k], dys[k]))
+    out = forward_backward(spec, weights, xs, dys, *act)
+    gn = out.grad_norm.double().cpu().numpy()
+    fv = out.forward_var.double().cpu().numpy()
+    bv = out.backward_var.double().cpu().numpy()
+    results = []
+    for k in range(count):
+        one = RepeatOutput(out.grad_norm[k], out.forward_var[k], out.backward_var[k])
+        results.append((gn[k], fv[k], bv[k], _overflow_layer(one, d)))
+    return results
+
+
+RepeatValues = tuple[np.ndarray, np.ndarray, np.ndarray, int | None]
+
+
+def _add(stats: LayerStats, res: RepeatValues) -> None:
+    stats.add(res[0], res[1], res[2], overflow_layer=res[3])
+
+
+@contextlib.contextmanager
+def _intra_op_threads(n: int) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def default_workers(device: str) -> int:
+    """One worker thread per CPU core available to this process (1 on CUDA)."""
+    if device != "cpu":
+        return 1
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def run_configuration(
+    spec: NetSpec,
+    repeats: int,
+    seed: int,
+    *,
+    dtype: Dtype = Dtype.float32,
+    device: str = "cpu",
+    workers: int | None = None,
+    chunk: int | None = None,
+    progress: ProgressFn | None = None,
+    stop: threading.Event | None = None,
+) -> LayerStats:
+    """Run ``repeats`` repeats of one configuration and return their merged statistics.
+
+    Repeat k always uses the generator seeded by (seed, spec, k), and statistics are added in
+    repeat order, so the result does not depend on ``workers`` or ``chunk``. When ``stop`` is
+    set (Ctrl-C), the repeats finished so far are returned.
+
+    Args:
+        workers: CPU threads each running whole repeats on one core (default: one per core).
+        chunk: repeats stacked into batched matmuls (default: 1 on CPU, 64 on CUDA).
+        progress: called with the number of repeats just completed.
+    """
+    stats = LayerStats(spec.depth)
+    act = (spec.activation.torch_fn(), activation_backward(spec.activation))
+    workers = workers or default_workers(device)
+    chunk = chunk or (1 if device == "cpu" else 64)
+    if chunk > 1:
+        done = 0
+        while done < repeats and not (stop and stop.is_set()):
+            n = min(chunk, repeats - done)
+            for res in _run_stack(spec, seed, done, n, dtype, device, act):
+                _add(stats, res)
+            done += n
+            if progress:
+                progress(n)
+        return stats
+    local = threading.local()
+    # One intra-op thread per repeat: the per-repeat arithmetic, hence every bit of the output,
+    # is then the same whatever the number of workers.
+    with _intra_op_threads(1):
+        if workers == 1:
+            for k in range(repeats):
+                if stop and stop.is_set():
+                    break
+                res = _run_one(spec, seed, k, dtype, device, local, act)
+                _add(stats, res)
+                if progress:
+                    progress(1)
+            return stats
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            pending: list[Any] = []
+            k = 0
+            # A bounded window in flight, collected in repeat order.
+            while k < repeats or pending:
+                while k < repeats and len(pending) < 2 * workers:
+                    if stop and stop.is_set():
+                        break
+                    pending.append(pool.submit(_run_one, spec, seed, k, dtype, device, local, act))
+                    k += 1
+                if not pending:
+                    break
+                res = pending.pop(0).result()
+                _add(stats, res)
+                if progress:
+                    progress(1)
+                if stop and stop.is_set():
+                    for f in pending:
+                        f.cancel()
+                    for f in pending:
+                        if not f.cancelled():
+                            r = f.result()
+                            _add(stats, r)
+                            if progress:
+                                progress(1)
+                    break
+    return stats
+
+
+# --------------------------------------------------------------------------------------------
+# Records from statistics
+
+
+def _num(v: float) -> float | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def build_records(
+    spec: NetSpec,
+    stats: LayerStats,
+    prediction: Prediction,
+    seed: int,
+    partial: bool = False,
+    resamples: int = 1000,
+) -> tuple[list[SimulateRecord], SimulateSummary]:
+    """Per-layer records and the configuration's summary from its statistics."""
+    s = stats.summary()
+    n = stats.count
+    config: dict[str, Any] = {
+        "arch": spec.arch.value,
+        "residual_scale": spec.residual_scale.value,
+        "activation": spec.activation.label,
+        "norm": spec.norm.value,
+        "init": spec.init.value,
+        "gain": float(spec.gain),
+        "depth": spec.depth,
+        "width": spec.width,
+        "batch": spec.batch,
+        "repeats": n,
+    }
+    anchor = float(s.mean[-1])
+    rel = prediction.relative
+    predicted: list[float | None] = [None] * spec.depth
+    if rel is not None and math.isfinite(anchor):
+        predicted = [anchor * r for r in rel]
+    records = []
+    for i in range(spec.depth):
+        p = predicted[i]
+        lo, hi = float(s.ci_low[i]), float(s.ci_high[i])
+        in_ci = (
+            None
+            if p is None or not (math.isfinite(lo) and math.isfinite(hi))
+            else (bool(lo <= p <= hi))
+        )
+        records.append(
+            SimulateRecord(
+                **config,
+                layer=i + 1,
+                grad_norm_mean=float(s.mean[i]),
+                grad_norm_std=_num(float(s.std[i])),
+                grad_norm_sem=_num(float(s.sem[i])),
+                grad_norm_ci_low=_num(lo),
+                grad_norm_ci_high=_num(hi),
+                forward_var=float(s.forward_var[i]),
+                backward_var=float(s.backward_var[i]),
+                predicted_grad_norm=p,
+                prediction_in_ci=in_ci,
+            )
+        )
+    rate, r2 = log_linear_rate(s.mean)
+    boot_seed = int.from_bytes(spec.key().encode()[:8].ljust(8, b"\0"), "little") ^ seed
+    ci_low, ci_high = bootstrap_rate_ci(stats.norm_matrix(), boot_seed, resamples)
+    first, last = half_rates(s.mean)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        amp = float(s.mean[0] / s.mean[-1]) if s.mean[-1] != 0 else math.nan
+    pred_rate = prediction.rate if prediction.relative is not None else None
+    deviation = None
+    pred_in_ci = None
+    if pred_rate is not None and math.isfinite(rate):
+        deviation = rate / pred_rate - 1.0
+        if math.isfinite(ci_low):
+            pred_in_ci = bool(ci_low <= pred_rate <= ci_high)
+    summary = SimulateSummary(
+        **config,
+        fitted_rate=_num(rate),
+        fitted_rate_ci_low=_num(ci_low),
+        fitted_rate_ci_high=_num(ci_high),
+        predicted_rate=pred_rate,
+        rate_deviation=deviation,
+        prediction_in_ci=pred_in_ci,
+        r_squared=_num(r2),
+        amplification=_num(amp),
+        rate_first_half=_num(first),
+        rate_last_half=_num(last),
+        overflow_layer=stats.overflow_layer,
+        overflow_repeats=stats.nonfinite_repeats,
+        partial=partial,
+        prediction_basis=prediction.basis,
+    )
+    return records, summary
+
+
+# --------------------------------------------------------------------------------------------
+# The public API
+
+
+def _as_list(value: Any) -> list[Any]:
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def build_specs(
+    *,
+    arch: Arch | str | Sequence[Arch | str] = Arch.plain,
+    activation: str | ActivationSpec | Sequence[str | ActivationSpec] = "relu",
+    norm: Norm | str | Sequence[Norm | str] = Norm.batchnorm,
+    init: Init | str | Sequence[Init | str] = Init.auto,
+    gain: float = 1.0,
+    depth: int | Sequence[int] = 20,
+    width: int | Sequence[int] = 256,
+    batch: int | Sequence[int] = 128,
+    residual_scale: ResidualScale | str = ResidualScale.none,
+) -> list[NetSpec]:
+    """The grid of configurations (activation, norm, arch, init, depth, width, batch order)."""
+    archs = [_enum(Arch, a, "arch") for a in _as_list(arch)]
+    acts = [
+        a if isinstance(a, ActivationSpec) else parse_activation(a) for a in _as_list(activation)
+    ]
+    norms = [_enum(Norm, n, "norm") for n in _as_list(norm)]
+    inits = [_enum(Init, i, "init") for i in _as_list(init)]
+    rscale = _enum(ResidualScale, residual_scale, "residual-scale")
+    if rscale is not ResidualScale.none and Arch.resnet not in archs:
+        raise SpecError(f"--residual-scale {rscale.value} applies to --arch resnet only")
+    specs: list[NetSpec] = []
+    for a in acts:
+        for nm in norms:
+            for ar in archs:
+                for it in inits:
+                    for d in _as_list(depth):
+                        for w in _as_list(width):
+                            for b in _as_list(batch):
+                                spec = NetSpec(
+                                    arch=ar,
+                                    activation=a,
+                                    norm=nm,
+                                    init=resolve_init(it, a),
+                                    gain=float(gain),
+                                    depth=int(d),
+                                    width=int(w),
+                                    batch=int(b),
+                                    residual_scale=rscale
+                                    if ar is Arch.resnet
+                                    else ResidualScale.none,
+                                )
+                                if spec not in specs:
+                                    specs.append(spec)
+    return specs
+
+
+def _enum(kind: Any, value: Any, what: str) -> Any:
+    try:
+        return kind(value.value if isinstance(value, kind) else str(value).strip().lower())
+    except ValueError:
+        choices = ", ".join(m.value for m in kind)
+        raise SpecError(f"unknown --{what} {value!r}; choose from {choices}") from None
+
+
+def simulate(
+    *,
+    arch: Arch | str | Sequence[Arch | str] = Arch.plain,
+    activation: str | ActivationSpec | Sequence[str | ActivationSpec] = "relu",
+    norm: Norm | str | Sequence[Norm | str] = Norm.batchnorm,
+    init: Init | str | Sequence[Init | str] = Init.auto,
+    gain: float = 1.0,
+    depth: int | Sequence[int] = 20,
+    width: int | Sequence[int] = 256,
+    batch: int | Sequence[int] = 128,
+    residual_scale: ResidualScale | str = ResidualScale.none,
+    repeats: int = 256,
+    seed: int = 0,
+    dtype: Dtype | str = Dtype.float32,
+    device: Device | str = Device.auto,
+    max_memory: int | None = None,
+    workers: int | None = None,
+    chunk: int | None = None,
+    resamples: int = 1000,
+    progress: Callable[[int, int], None] | None = None,
+    stop: threading.Event | None = None,
+) -> SimulationResult:
+    """Measure per-layer weight-gradient norms of fresh random nets over repeats.
+
+    Every list-valued option sweeps a grid; each configuration gets its per-layer records and
+    a summary. Results are bit-identical for the same seed, whatever ``workers``/``chunk``.
+
+    Args:
+        progress: called as ``progress(done, total)`` with repeats over all configurations.
+        stop: when set (e.g. on Ctrl-C), returns what has finished, marked ``partial``.
+
+    Raises:
+        SpecError: an invalid option. ResourceError: the estimated memory exceeds
+            ``max_memory`` (default: half the available RAM).
+    """
+    if repeats < 1:
+        raise SpecError(f"repeats must be at least 1, got {repeats}")
+    if resamples < 10:
+        raise SpecError(f"resamples must be at least 10, got {resamples}")
+    dt = _enum(Dtype, dtype, "dtype")
+    dev = resolve_device(_enum(Device, device, "device"))
+    specs = build_specs(
+        arch=arch,
+        activation=activation,
+        norm=norm,
+        init=init,
+        gain=gain,
+        depth=depth,
+        width=width,
+        batch=batch,
+        residual_scale=residual_scale,
+    )
+    n_workers = workers or default_workers(dev)
+    n_chunk = chunk or (1 if dev == "cpu" else 64)
+    limit = default_max_memory() if max_memory is None else max_memory
+    in_flight = n_chunk if n_chunk > 1 else 2 * n_workers
+    for spec in specs:
+        need = estimate_memory(spec, repeats, dt, in_flight)
+        if need > limit:
+            raise ResourceError(
+                f"{spec.arch.value} depth {spec.depth} width {spec.width} batch {spec.batch} "
+                f"needs about {format_bytes(need)}, above --max-memory {format_bytes(limit)}; "
+                "lower --depth/--width/--batch/--repeats or raise --max-memory"
+            )
+    predictions = [predict(spec) for spec in specs]
+    total = repeats * len(specs)
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress(done, total)
+
+    result = SimulationResult(records=[], summary=[])
+    for spec, prediction in zip(specs, predictions, strict=True):
+        if stop is not None and stop.is_set():
+            result.partial = True
+            break
+        stats = run_configuration(
+            spec,
+            repeats,
+            seed,
+            dtype=dt,
+            device=dev,
+            workers=n_workers,
+            chunk=n_chunk,
+            progress=tick,
+            stop=stop,
+        )
+        if stats.count == 0:
+            result.partial = True
+            break
+        partial = stats.count < repeats
+        result.partial = result.partial or partial
+        records, summary = build_records(spec, stats, prediction, seed, partial, resamples)
+        result.records.extend(records)
+        result.summary.append(summary)
+        result.repeats_done[spec.key()] = stats.count
+    return result
+
+
+__all__ = [
+    "Arch",
+    "Device",
+    "Dtype",
+    "Init",
+    "Norm",
+    "ResidualScale",
+    "SimulateRecord",
+    "SimulateSummary",
+    "SimulationResult",
+    "build_specs",
+    "forward_backward",
+    "simulate",
+]

@@ -1,0 +1,194 @@
+"""Mergeable per-layer statistics over repeats and the growth-rate fits of ``simulate`` (no torch).
+
+:class:`LayerStats` keeps sufficient statistics (count, sums, sums of squares) plus the
+per-repeat gradient norms that the bootstrap needs (depth × repeats floats). Two partial
+results merge exactly: :meth:`LayerStats.merge` concatenates and adds, in repeat order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gradscope.fit import student_t_quantile
+
+
+@dataclass
+class LayerStats:
+    """Running statistics of one configuration; arrays have shape (depth,) per repeat."""
+
+    depth: int
+    count: int = 0
+    grad_sum: np.ndarray = field(init=False)
+    grad_sumsq: np.ndarray = field(init=False)
+    forward_var_sum: np.ndarray = field(init=False)
+    backward_var_sum: np.ndarray = field(init=False)
+    # Per-repeat gradient norms, one (depth,) row per repeat, in repeat order.
+    norms: list[np.ndarray] = field(default_factory=list)
+    nonfinite_repeats: int = 0
+    # First layer (in the order the computation reaches it) with an inf/NaN value, per pass.
+    overflow_layer: int | None = None
+
+    def __post_init__(self) -> None:
+        zeros = np.zeros(self.depth, dtype=np.float64)
+        self.grad_sum = zeros.copy()
+        self.grad_sumsq = zeros.copy()
+        self.forward_var_sum = zeros.copy()
+        self.backward_var_sum = zeros.copy()
+
+    def add(
+        self,
+        grad_norm: np.ndarray,
+        forward_var: np.ndarray,
+        backward_var: np.ndarray,
+        overflow_layer: int | None = None,
+    ) -> None:
+        """Add one repeat (arrays of shape (depth,), layer 1 first)."""
+        g = np.asarray(grad_norm, dtype=np.float64)
+        self.count += 1
+        self.grad_sum += g
+        self.grad_sumsq += g * g
+        self.forward_var_sum += forward_var
+        self.backward_var_sum += backward_var
+        self.norms.append(g)
+        if overflow_layer is not None:
+            self.nonfinite_repeats += 1
+            self.overflow_layer = _first(self.overflow_layer, overflow_layer)
+
+    def merge(self, other: LayerStats) -> LayerStats:
+        """Statistics of both parts (``self``'s repeats first)."""
+        out = LayerStats(self.depth)
+        out.count = self.count + other.count
+        out.grad_sum = self.grad_sum + other.grad_sum
+        out.grad_sumsq = self.grad_sumsq + other.grad_sumsq
+        out.forward_var_sum = self.forward_var_sum + other.forward_var_sum
+        out.backward_var_sum = self.backward_var_sum + other.backward_var_sum
+        out.norms = [*self.norms, *other.norms]
+        out.nonfinite_repeats = self.nonfinite_repeats + other.nonfinite_repeats
+        out.overflow_layer = _first(self.overflow_layer, other.overflow_layer)
+        return out
+
+    def norm_matrix(self) -> np.ndarray:
+        """(repeats, depth) per-repeat gradient norms."""
+        if not self.norms:
+            return np.empty((0, self.depth))
+        return np.stack(self.norms)
+
+    def summary(self, level: float = 0.95) -> LayerSummary:
+        n = self.count
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            mean = self.grad_sum / n
+            if n > 1:
+                var = (self.grad_sumsq - n * mean * mean) / (n - 1)
+                std = np.sqrt(np.maximum(var, 0.0))
+                # Sums of squares lose digits when the spread is tiny: recompute exactly.
+                mat = self.norm_matrix()
+                if np.all(np.isfinite(mat)):
+                    std = mat.std(axis=0, ddof=1)
+                sem = std / math.sqrt(n)
+                t = student_t_quantile(0.5 + level / 2, n - 1)
+                ci_low, ci_high = mean - t * sem, mean + t * sem
+            else:
+                std = sem = ci_low = ci_high = np.full(self.depth, np.nan)
+            return LayerSummary(
+                mean=mean,
+                std=std,
+                sem=sem,
+                ci_low=ci_low,
+                ci_high=ci_high,
+                forward_var=self.forward_var_sum / n,
+                backward_var=self.backward_var_sum / n,
+            )
+
+
+def _first(a: int | None, b: int | None) -> int | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
+
+
+@dataclass(frozen=True)
+class LayerSummary:
+    mean: np.ndarray
+    std: np.ndarray
+    sem: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    forward_var: np.ndarray
+    backward_var: np.ndarray
+
+
+def log_linear_rate(values: np.ndarray) -> tuple[float, float]:
+    """Per-layer growth from the last layer to the first, and R² of the log-linear fit.
+
+    ``values[i]`` belongs to layer i+1; the fit is log(values) = a + b·(L − l) over the finite
+    positive values, rate = exp(b). NaN when fewer than two such values remain.
+    """
+    y = np.asarray(values, dtype=np.float64)
+    steps = np.arange(y.size, 0, -1, dtype=np.float64) - 1.0  # L − l
+    ok = np.isfinite(y) & (y > 0)
+    if ok.sum() < 2:
+        return math.nan, math.nan
+    x, logy = steps[ok], np.log(y[ok])
+    dx = x - x.mean()
+    sxx = float(dx @ dx)
+    slope = float(dx @ (logy - logy.mean())) / sxx
+    resid = logy - logy.mean() - slope * dx
+    sst = float(((logy - logy.mean()) ** 2).sum())
+    r2 = 1.0 - float(resid @ resid) / sst if sst > 0 else math.nan
+    return math.exp(slope), r2
+
+
+def bootstrap_rate_ci(
+    norms: np.ndarray, seed: int, resamples: int = 1000, level: float = 0.95, chunk: int = 250
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the fitted rate of the mean norms, resampling repeats.
+
+    Args:
+        norms: (repeats, depth) per-repeat gradient norms.
+        seed: seeds the resampling (NumPy's generator), so the CI is reproducible.
+
+    Returns:
+        (low, high); NaN when fewer than two repeats or two usable layers.
+    """
+    n, depth = norms.shape
+    cols = np.all(np.isfinite(norms), axis=0) & np.all(norms > 0, axis=0)
+    if n < 2 or cols.sum() < 2:
+        return math.nan, math.nan
+    data = norms[:, cols]
+    steps = (depth - 1.0 - np.arange(depth, dtype=np.float64))[cols]
+    dx = steps - steps.mean()
+    sxx = float(dx @ dx)
+    rng = np.random.default_rng(seed)
+    slopes = []
+    done = 0
+    while done < resamples:
+        m = min(chunk, resamples - done)
+        idx = rng.integers(0, n, size=(m, n))
+        counts = np.bincount((idx + n * np.arange(m)[:, None]).ravel(), minlength=m * n)
+        means = counts.reshape(m, n).astype(np.float64) @ data / n  # (m, usable layers)
+        logm = np.log(means)
+        slopes.append((logm - logm.mean(axis=1, keepdims=True)) @ dx / sxx)
+        done += m
+    s = np.concatenate(slopes)
+    alpha = (1.0 - level) / 2
+    low, high = np.quantile(s, [alpha, 1.0 - alpha])
+    return math.exp(float(low)), math.exp(float(high))
+
+
+def half_rates(values: np.ndarray) -> tuple[float, float]:
+    """Fitted rates over the half of the layers nearest the input and the half nearest the output.
+
+    With depth L the first half is layers 1..⌈L/2⌉ and the last half ⌊L/2⌋+1..L.
+    """
+    y = np.asarray(values, dtype=np.float64)
+    depth = y.size
+    if depth < 4:
+        return math.nan, math.nan
+    first = log_linear_rate(y[: (depth + 1) // 2])[0]
+    last = log_linear_rate(y[depth // 2 :])[0]
+    return first, last
