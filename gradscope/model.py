@@ -16,6 +16,7 @@ convolution, embedding) is one layer, in forward execution order recorded with h
 from __future__ import annotations
 
 import ast
+import copy
 import hashlib
 import importlib
 import importlib.util
@@ -410,16 +411,22 @@ def run_model(
     notes: list[str] = []
 
     def fresh(repeat: int) -> nn.Module:
+        """The factory's model for this repeat, in the dtype the factory builds."""
         with _seeded(model_seed(seed, spec, batch, repeat)):
-            m = build_model(factory, spec.kwargs, spec.label)
-        return m.to(device=device, dtype=tdtype).train()
+            return build_model(factory, spec.kwargs, spec.label)
 
-    model = fresh(0)
+    def working(template: nn.Module) -> nn.Module:
+        return copy.deepcopy(template).to(device=device, dtype=tdtype).train()
+
+    # Parameters are always drawn in the factory's own dtype and device, then cast, so that
+    # --dtype float64 measures the same networks as float32 and both re-init paths agree.
+    template = fresh(0)
+    model = working(template)
     if reinit is Reinit.auto:
-        twin = build_model(factory, spec.kwargs, spec.label).to(device=device, dtype=tdtype)
+        twin = build_model(factory, spec.kwargs, spec.label)
         with _seeded(model_seed(seed, spec, batch, 0)):
             _reset_all(twin)
-        reinit = Reinit.reset if _same_state(model, twin) else Reinit.factory
+        reinit = Reinit.reset if _same_state(template, twin) else Reinit.factory
         if reinit is Reinit.factory:
             notes.append(
                 "re-initialising by calling the factory each repeat (reset_parameters() does "
@@ -440,11 +447,11 @@ def run_model(
             if repeat > 0:
                 if reinit is Reinit.reset:
                     with _seeded(model_seed(seed, spec, batch, repeat)):
-                        _reset_all(model)
-                    model.train()
+                        _reset_all(template)
+                    model.load_state_dict(template.state_dict())
                 else:
                     recorder.detach()
-                    model = fresh(repeat)
+                    model = working(fresh(repeat))
                     modules = weight_modules(model)
                     recorder = _Recorder(modules)
             recorder.attach()
