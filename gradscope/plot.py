@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import io
 import math
+import textwrap
 import warnings
 from collections.abc import Iterable, Sequence
 from enum import Enum
@@ -583,18 +584,10 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
-def _subtitle(rows: Sequence[Row], constant: Sequence[str], limit: int = 90) -> str:
-    """The configuration every series shares, as ``name=value`` pairs, cut to fit one line."""
-    parts: list[str] = []
-    for column in constant:
-        value = rows[0].get(column)
-        if value is None:
-            continue
-        part = f"{column}={_format_value(_key(value))}"
-        if len(", ".join([*parts, part])) > limit:
-            break
-        parts.append(part)
-    return ", ".join(parts)
+def _subtitle(rows: Sequence[Row], constant: Sequence[str]) -> str:
+    """The configuration every series shares, as ``name=value`` pairs."""
+    values = ((column, rows[0].get(column)) for column in constant)
+    return ", ".join(f"{c}={_format_value(_key(v))}" for c, v in values if v is not None)
 
 
 def _default_title(kind: RecordKind, x: str, y: str) -> str:
@@ -636,7 +629,9 @@ def _plain_log_labels(ax: Any, decades: float) -> None:
         return
 
     def plain(value: float, _position: int | None = None) -> str:
-        return f"{value:.3g}"
+        if not 1e-4 <= value < 1e6:
+            return f"{value:.3g}"
+        return np.format_float_positional(value, precision=3, fractional=False, trim="-")
 
     def some(value: float, _position: int | None = None) -> str:
         leading = round(value / 10 ** math.floor(math.log10(value)))
@@ -723,14 +718,20 @@ def _draw_axes(fig: Figure, spec: PlotSpec) -> None:
     ax.set_axisbelow(True)
     if spec.title:
         fig.suptitle(spec.title)
-    if spec.subtitle:
-        ax.set_title(spec.subtitle, fontsize=8.5, color="0.35")
-
     entries = (handles if several or not spec.bars else []) + style_handles
+    legend_outside = len(entries) > MAX_INLINE_LEGEND
+    if spec.subtitle:
+        # About 14 characters of 8.5 pt text per inch of axes; an outside legend takes a quarter.
+        axes_inches = fig.get_figwidth() * (0.7 if legend_outside else 0.9)
+        wrapped = textwrap.fill(
+            spec.subtitle, width=max(int(axes_inches * 14), 20), max_lines=2, placeholder=" …"
+        )
+        ax.set_title(wrapped, fontsize=8.5, color="0.35")
+
     if len(entries) <= 1 and not several:
         return
     legend_title = ", ".join(spec.hue) if several and spec.hue else None
-    if len(entries) <= MAX_INLINE_LEGEND:
+    if not legend_outside:
         ax.legend(handles=entries, title=legend_title, fontsize=8, title_fontsize=8)
     else:
         fig.legend(
