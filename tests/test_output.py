@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +97,9 @@ def test_write_atomic_leaves_nothing_on_failure(
         write_atomic(tmp_path / "missing" / "out.csv", "x")
     write_atomic(target, "first")
     assert target.read_text() == "first"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # like a plain open()
 
     def interrupted(src: str, dst: Path) -> None:
         raise KeyboardInterrupt
