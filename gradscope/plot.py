@@ -650,13 +650,22 @@ def _draw_axes(fig: Figure, spec: PlotSpec) -> None:
     colours = _colours(len(spec.series))
     handles: list[Any] = []
     several = len(spec.series) > 1
+    # Rates and ratios sit near 1: bars grow up or down from 1 so that differences show.
+    baseline = 0.0
+    if spec.bars:
+        values = np.concatenate([s.y[np.isfinite(s.y)] for s in spec.series])
+        if values.size and values.min() > 0.2 and values.max() < 5.0:
+            baseline = 1.0
     for i, (series, colour) in enumerate(zip(spec.series, colours, strict=True)):
         label = series.label if several else (series.label or "measured")
         if spec.bars:
             width = 0.8 / len(spec.series)
             offset = (i - (len(spec.series) - 1) / 2) * width
-            bars = ax.bar(series.x + offset, series.y, width, color=colour, label=label)
-            ax.bar_label(bars, fmt="%.4g", fontsize=8, padding=2)
+            bars = ax.bar(
+                series.x + offset, series.y - baseline, width, bottom=baseline, color=colour,
+                label=label,
+            )  # fmt: skip
+            ax.bar_label(bars, labels=[f"{v:.4g}" for v in series.y], fontsize=8, padding=2)
             handles.append(bars)
             continue
         if spec.interval is Interval.bars and series.ci_low is not None:
@@ -708,6 +717,13 @@ def _draw_axes(fig: Figure, spec: PlotSpec) -> None:
         _plain_log_labels(ax, _decades(spec))
     if spec.x_categories is not None:
         ax.set_xticks(range(len(spec.x_categories)), list(spec.x_categories))
+        longest = max((len(str(c)) for c in spec.x_categories), default=0)
+        if len(spec.x_categories) * (longest + 1) > fig.get_figwidth() * 9:
+            # Too many names for the width: slant them instead of letting them overlap.
+            ax.tick_params(axis="x", labelrotation=35)
+            for tick in ax.get_xticklabels():
+                tick.set_horizontalalignment("right")
+                tick.set_rotation_mode("anchor")
     elif all(np.array_equal(s.x, np.round(s.x)) for s in spec.series):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
     if spec.reverse_x:

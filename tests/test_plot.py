@@ -222,8 +222,11 @@ def test_checkpoint_figure_marks_downsamples_and_reverses() -> None:
 def test_ratios_with_one_std_is_a_bar_chart_by_activation() -> None:
     fig = plot_records(ratio_rows())
     ax = fig.axes[0]
-    heights = [p.get_height() for p in ax.patches]
-    np.testing.assert_allclose(heights, [1.4669422069242599**0.5, 1.1778072323041796**0.5])
+    # bars rise from 1 (no growth) to the rate, and are labelled with the rate itself
+    tops = [p.get_y() + p.get_height() for p in ax.patches]
+    np.testing.assert_allclose(tops, [1.4669422069242599**0.5, 1.1778072323041796**0.5])
+    assert all(p.get_y() == 1.0 for p in ax.patches)
+    assert [t.get_text() for t in ax.texts] == ["1.211", "1.085"]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["relu", "tanh"]
     assert "rate_per_layer" in ax.get_ylabel()
 
