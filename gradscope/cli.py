@@ -11,6 +11,7 @@ from gradscope.commands.common import user_errors
 from gradscope.commands.inspect_checkpoint import inspect_checkpoint_command
 from gradscope.commands.plot import plot_command
 from gradscope.commands.ratios import ratios_command
+from gradscope.commands.simulate import simulate_command
 
 app = typer.Typer(
     name="gradscope",
@@ -41,6 +42,7 @@ def _root(
 app.command("ratios")(user_errors(ratios_command))
 app.command("plot")(user_errors(plot_command))
 app.command("inspect-checkpoint")(user_errors(inspect_checkpoint_command))
+app.command("simulate")(user_errors(simulate_command))
 
 
 def main() -> None:

@@ -254,11 +254,16 @@ def _norm_backward(norm: Norm, grad: torch.Tensor, h: torch.Tensor, saved: Any) 
     return grad
 
 
-def _unit_var(t: torch.Tensor) -> torch.Tensor:
+def _unit_var(t: torch.Tensor, wide: bool = False) -> torch.Tensor:
     """Variance over the batch of each unit (divided by the batch size), averaged over units.
 
-    Computed from sums (torch.var over the batch dimension is ~15× slower on a CPU).
+    Computed from sums (torch.var over the batch dimension is ~15× slower on a CPU); ``wide``
+    computes in float64, for values whose squares overflow float32.
     """
+    import torch
+
+    if wide:
+        t = t.to(torch.float64)
     batch, width = t.shape[-2], t.shape[-1]
     col = t.sum(dim=-2)  # (..., width)
     total_sq = (t * t).sum(dim=(-2, -1))
@@ -285,6 +290,7 @@ def forward_backward(
     dy: torch.Tensor,
     act_fn: Callable[[Any], Any] | None = None,
     act_back: Callable[[Any, Any, Any], Any] | None = None,
+    wide_stats: bool = False,
 ) -> RepeatOutput:
     """Forward and hand-written backward of one repeat, or of R stacked repeats.
 
@@ -292,6 +298,8 @@ def forward_backward(
         weights: (depth, width, width) or (R, depth, width, width); layer l computes x @ W_l.T.
         x: (batch, width) or (R, batch, width), the input.
         dy: like ``x``, the derivative of the loss at the last layer's output.
+        wide_stats: compute the statistics in float64 (for float32 values whose squares
+            overflow although the values do not).
 
     Returns:
         Per layer: the weight gradient's Frobenius norm, the variance of the layer's output and
@@ -321,7 +329,7 @@ def forward_backward(
             y = act_fn(u)
             saved.append((h, state, u, y))
             xs.append(y)
-        fvar = torch.stack([_unit_var(t) for t in xs[1:]], dim=-1)
+        fvar = torch.stack([_unit_var(t, wide_stats) for t in xs[1:]], dim=-1)
 
         grads: list[torch.Tensor | None] = [None] * (depth + 1)  # ∂ℓ/∂x_l
         grads[depth] = dy
@@ -340,12 +348,14 @@ def forward_backward(
                 dn = du
             dh = _norm_backward(norm, dn, h, state)
             grad_w = torch.matmul(dh.transpose(-1, -2), xs[i])
-            norms[i] = torch.linalg.vector_norm(grad_w, dim=(-2, -1))
+            norms[i] = torch.linalg.vector_norm(
+                grad_w, dim=(-2, -1), dtype=torch.float64 if wide_stats else None
+            )
             dx = torch.matmul(dh, w_of(i))
             prev = grads[i]
             dx = dx if prev is None else dx + prev
             grads[i] = dx
-            bvars[i] = _unit_var(dx)
+            bvars[i] = _unit_var(dx, wide_stats)
             saved[i] = (None, None, None, None)
         return RepeatOutput(torch.stack(norms, -1), fvar, torch.stack(bvars, -1))
 
@@ -383,6 +393,8 @@ def _run_one(
     local: threading.local,
     act: tuple[Any, Any],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int | None]:
+    import torch
+
     draw = getattr(local, "draw", None)
     if (
         draw is None
@@ -398,6 +410,10 @@ def _run_one(
     local.draw = draw
     out = forward_backward(spec, draw.weights, draw.x, draw.dy, *act)
     layer = _overflow_layer(out, spec.depth)
+    if layer is not None and draw.x.dtype != torch.float64:
+        # Squares overflow float32 long before the values do: recompute the statistics wide.
+        out = forward_backward(spec, draw.weights, draw.x, draw.dy, *act, wide_stats=True)
+        layer = _overflow_layer(out, spec.depth)
     return (
         out.grad_norm.double().cpu().numpy(),
         out.forward_var.double().cpu().numpy(),
@@ -426,6 +442,8 @@ def _run_stack(
     for k in range(count):
         draw_repeat(spec, seed, first + k, dtype, device, out=RepeatDraw(weights[k], xs[k], dys[k]))
     out = forward_backward(spec, weights, xs, dys, *act)
+    if tdt != torch.float64 and not bool(torch.isfinite(out.grad_norm).all()):
+        out = forward_backward(spec, weights, xs, dys, *act, wide_stats=True)
     gn = out.grad_norm.double().cpu().numpy()
     fv = out.forward_var.double().cpu().numpy()
     bv = out.backward_var.double().cpu().numpy()

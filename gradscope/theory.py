@@ -92,7 +92,7 @@ def predict(spec: NetSpec) -> Prediction:
             return Prediction(None, None, "the activation passes no signal (zero variance)")
         r = grad_second / variance
         return _from_log_relative(
-            0.5 * math.log(r) * steps, f"batchnorm: sqrt(E[g'²]/Var[g]) = {math.sqrt(r):.6g}"
+            0.5 * math.log(r) * steps, f"batchnorm: sqrt(E(g'²)/Var(g)) = {math.sqrt(r):.6g}"
         )
     if spec.norm is Norm.layernorm:
         second, grad_second = _moments(spec, 1.0)
@@ -100,7 +100,7 @@ def predict(spec: NetSpec) -> Prediction:
             return Prediction(None, None, "the activation passes no signal (zero output)")
         rate = math.sqrt(grad_second / second)
         return _from_log_relative(
-            math.log(rate) * steps, f"layernorm mean field: sqrt(E[g'²]/E[g²]) = {rate:.6g}"
+            math.log(rate) * steps, f"layernorm mean field: sqrt(E(g'²)/E(g²)) = {rate:.6g}"
         )
     return _mean_field(spec)
 

@@ -1,0 +1,136 @@
+"""How fast is ``gradscope simulate``? Against the naive loop and the floors of the work itself.
+
+The paper's Figure 1 setting (depth 20, width 256, batch 128, ReLU, BatchNorm), plain and resnet.
+Measured in the same run, per repeat:
+
+- gradscope: the engine (``run_configuration``), default workers;
+- gradscope, 1 worker and stacked: the single-thread path and repeats batched into bmm (the
+  GPU path), to show what each choice costs on this machine;
+- naive: what a user writes from the paper: for each repeat an ``nn.Sequential`` of
+  Linear(bias=False)/BatchNorm1d/ReLU, ``nn.init.normal_``, a fresh batch, ``backward`` of a
+  random derivative, each weight's ``grad.norm()``;
+- the random-number floor: ``torch.randn`` into a preallocated buffer of
+  depth·width² + 2·batch·width floats;
+- the FLOP floor: 3 × 2 × depth × batch × width² FLOP at the float32 rate of a 2048³ torch.mm.
+
+Prints the speed-up over the naive loop and the ratio to the practical limit (random-number
+floor + FLOP floor). The machine is shared and noisy: every figure is the median of several
+timed rounds, interleaved so that load affects all of them alike.
+
+Usage: python benchmarks/bench_simulate.py [--repeats 64] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from gradscope.simulate import build_specs, run_configuration
+
+DEPTH, WIDTH, BATCH = 20, 256, 128
+
+
+def naive_repeat(depth: int = DEPTH, width: int = WIDTH, batch: int = BATCH) -> list[float]:
+    layers: list[nn.Module] = []
+    for _ in range(depth):
+        layers += [nn.Linear(width, width, bias=False), nn.BatchNorm1d(width), nn.ReLU()]
+    net = nn.Sequential(*layers).train()
+    linears = [m for m in net if isinstance(m, nn.Linear)]
+    for lin in linears:
+        nn.init.normal_(lin.weight, 0.0, (2.0 / width) ** 0.5)
+    x = torch.randn(batch, width)
+    net(x).backward(torch.randn(batch, width) / width**0.5)
+    return [float(lin.weight.grad.norm()) for lin in linears]
+
+
+def naive_resnet_repeat(depth: int = DEPTH, width: int = WIDTH, batch: int = BATCH) -> list[float]:
+    linears = [nn.Linear(width, width, bias=False) for _ in range(depth)]
+    norms = [nn.BatchNorm1d(width) for _ in range(depth)]
+    for lin in linears:
+        nn.init.normal_(lin.weight, 0.0, (2.0 / width) ** 0.5)
+    x = torch.randn(batch, width)
+    outs = [x]
+    for i in range(depth):
+        z = norms[i](linears[i](outs[-1]))
+        if i % 2 == 1:
+            z = z + outs[-2]
+        outs.append(torch.relu(z))
+    outs[-1].backward(torch.randn(batch, width) / width**0.5)
+    return [float(lin.weight.grad.norm()) for lin in linears]
+
+
+def per_repeat(fn: Callable[[], object], n: int) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) / n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=64, help="repeats per timed round")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds (median reported)")
+    args = parser.parse_args()
+    n, rounds = args.repeats, args.rounds
+
+    buf = torch.empty(DEPTH * WIDTH * WIDTH + 2 * BATCH * WIDTH)
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    flop = 3 * 2 * DEPTH * BATCH * WIDTH * WIDTH
+
+    def randn_round() -> None:
+        for _ in range(n):
+            buf.normal_(generator=gen)
+
+    def mm_rate() -> float:
+        torch.mm(a, b)
+        start = time.perf_counter()
+        for _ in range(3):
+            torch.mm(a, b)
+        return 3 * 2 * 2048**3 / (time.perf_counter() - start)
+
+    timings: dict[str, list[float]] = {}
+    cases: dict[str, Callable[[], object]] = {}
+    for arch in ("plain", "resnet"):
+        spec = build_specs(arch=arch, activation="relu", norm="batchnorm")[0]
+        cases[f"{arch}: gradscope"] = lambda s=spec: run_configuration(s, n, seed=0)
+        cases[f"{arch}: gradscope, 1 worker"] = lambda s=spec: run_configuration(
+            s, n, seed=0, workers=1
+        )
+        cases[f"{arch}: gradscope, 16 stacked (bmm)"] = lambda s=spec: run_configuration(
+            s, n, seed=0, chunk=16
+        )
+        naive = naive_repeat if arch == "plain" else naive_resnet_repeat
+        cases[f"{arch}: naive nn.Sequential loop"] = lambda f=naive: [f() for _ in range(n)]
+    for fn in cases.values():  # warm-up
+        fn()
+    flop_times = []
+    randn_times = []
+    for _ in range(rounds):
+        randn_times.append(per_repeat(randn_round, n))
+        flop_times.append(flop / mm_rate())
+        for name, fn in cases.items():
+            timings.setdefault(name, []).append(per_repeat(fn, n))
+    rng = statistics.median(randn_times)
+    flops = statistics.median(flop_times)
+    limit = rng + flops
+    print(f"threads {torch.get_num_threads()}, {n} repeats x {rounds} rounds, medians per repeat")
+    print(f"random-number floor  {1e3 * rng:7.2f} ms")
+    print(f"FLOP floor           {1e3 * flops:7.2f} ms  ({flop / flops / 1e9:.0f} GFLOP/s)")
+    print(f"practical limit      {1e3 * limit:7.2f} ms")
+    for arch in ("plain", "resnet"):
+        naive_t = statistics.median(timings[f"{arch}: naive nn.Sequential loop"])
+        for name in [k for k in cases if k.startswith(arch)]:
+            t = statistics.median(timings[name])
+            print(
+                f"{name:38s} {1e3 * t:7.2f} ms   x{naive_t / t:4.2f} vs naive   "
+                f"{t / limit:4.2f} x practical limit"
+            )
+
+
+if __name__ == "__main__":
+    main()
