@@ -1,0 +1,134 @@
+"""``gradscope simulate`` end to end: CSV columns, sweeps, errors, overflow, Ctrl-C."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from gradscope.cli import app
+from gradscope.records import parse_csv
+
+runner = CliRunner()
+SMALL = ["--depth", "4", "--width", "16", "--batch", "8", "--repeats", "4"]
+COLUMNS = (
+    "arch,residual_scale,activation,norm,init,gain,depth,width,batch,repeats,layer,"
+    "grad_norm_mean,grad_norm_std,grad_norm_sem,grad_norm_ci_low,grad_norm_ci_high,"
+    "forward_var,backward_var,predicted_grad_norm,prediction_in_ci"
+)
+
+
+def run(*args: str):
+    return runner.invoke(app, ["simulate", *args])
+
+
+def test_csv_has_the_documented_columns_and_one_row_per_layer() -> None:
+    res = run(*SMALL, "--format", "csv")
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert lines[0] == COLUMNS
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert [int(r["layer"]) for r in rows] == [1, 2, 3, 4]
+    assert {r["init"] for r in rows} == {"he"}
+
+
+def test_same_seed_gives_bit_identical_csv() -> None:
+    a = run(*SMALL, "--seed", "5", "-f", "csv").stdout
+    b = run(*SMALL, "--seed", "5", "-f", "csv", "--workers", "1").stdout
+    c = run(*SMALL, "--seed", "6", "-f", "csv").stdout
+    assert a == b and a != c
+
+
+def test_figure3_is_one_command_and_one_csv(tmp_path: Path) -> None:
+    out = tmp_path / "fig3.csv"
+    res = run(*SMALL, "--activation", "selu,tanh,relu", "--norm", "batchnorm,none", "-o", str(out))
+    assert res.exit_code == 0, res.output
+    rows = parse_csv(out.read_text())
+    configs = {(r["activation"], r["norm"], r["init"]) for r in rows}
+    assert configs == {
+        ("selu", "batchnorm", "lecun"),
+        ("selu", "none", "lecun"),
+        ("tanh", "batchnorm", "he"),
+        ("tanh", "none", "he"),
+        ("relu", "batchnorm", "he"),
+        ("relu", "none", "he"),
+    }
+    assert len(rows) == 6 * 4
+    assert "summary" in res.stderr  # the summary table goes to stderr in file/csv mode
+
+
+def test_summary_records_and_plot(tmp_path: Path) -> None:
+    fig = tmp_path / "rates.png"
+    res = run(*SMALL, "--arch", "plain,resnet", "--summary", "-f", "json", "--plot", str(fig))
+    assert res.exit_code == 0, res.output
+    assert '"fitted_rate_ci_low"' in res.stdout and '"rate_first_half"' in res.stdout
+    assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--arch", "mlp"], "unknown --arch 'mlp'; choose from plain, resnet"),
+        (["--activation", "relu,bogus"], "unknown activation 'bogus'"),
+        (["--arch", "resnet", "--depth", "5"], "its depth must be even, got 5"),
+        (["--residual-scale", "zero-gamma"], "applies to --arch resnet only"),
+        (["--arch", "resnet", "--norm", "none", "--residual-scale", "zero-gamma"], "zero-gamma"),
+        (["--depth", "0"], "depth must be at least 1, got 0"),
+        (["--depth", "4,,8"], "comma-separated list without empty items"),
+        (["--width", "wide"], "--width must be whole numbers, got 'wide'"),
+        (["--gain", "-1"], "gain must be a positive number"),
+        (["--repeats", "0"], "--repeats must be at least 1, got 0"),
+        (["--max-memory", "1MB"], "above --max-memory"),
+        (["--max-memory", "lots"], "--max-memory must be a size"),
+        (["--plot", "fig.bmp"], "bmp"),
+    ],
+)
+def test_bad_input_is_one_sentence(args: list[str], message: str, tmp_path: Path) -> None:
+    out = tmp_path / "out.csv"
+    res = run(*args, "-o", str(out))
+    assert res.exit_code == 1, res.output
+    assert res.stderr.startswith("Error: ") and message in res.stderr
+    assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+    assert not out.exists()
+
+
+def test_c_identity_net_overflow_is_reported() -> None:
+    res = run(
+        "--activation", "identity", "--norm", "none", "--init", "identity", "--gain", "1.2",
+        "--depth", "500", "--width", "8", "--batch", "4", "--repeats", "2", "--summary",
+        "-f", "csv",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "overflowed to inf/NaN from layer" in res.stderr and "--dtype float64" in res.stderr
+    (row,) = parse_csv(res.stdout)
+    assert 470 <= row["overflow_layer"] <= 490 and row["overflow_repeats"] == 2
+
+
+def test_help_has_an_example() -> None:
+    res = runner.invoke(app, ["simulate", "--help"])
+    assert res.exit_code == 0 and "Example: gradscope simulate" in res.stdout
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_ctrl_c_prints_partial_results_and_exits_130() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gradscope", "simulate", "--depth", "8", "--width", "64",
+         "--repeats", "1000000", "--summary", "-f", "csv"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    time.sleep(8.0)  # past start-up (torch import) on a loaded 2-core machine
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted: partial results" in stderr
+    (row,) = parse_csv(stdout)
+    assert row["partial"] is True and 0 < row["repeats"] < 1000000
