@@ -517,3 +517,27 @@ def test_vgg_module_matches_factory_layout() -> None:
     assert list(VGG(16).state_dict()) == list(vgg19_bn_state_dict(16))
     with pytest.raises(CheckpointError):
         open_checkpoint("definitely/not/here.pt")
+
+
+@pytest.mark.parametrize("save", [save_zip, save_legacy])
+def test_objects_beyond_the_lazy_reader_fall_back_to_torch_weights_only(
+    tmp_path: Path, sd: dict, save: Callable
+) -> None:
+    # A set, a torch.Size and a dtype: safe for torch's weights-only loader, unknown to
+    # gradscope's restricted reader, which then hands the file to torch.load.
+    extra = {"tags": {"a", "b"}, "shape": torch.Size([3, 4]), "dtype": torch.float16}
+    path = save({"state_dict": sd, **extra}, tmp_path / "fallback.pt")
+    check_vgg(inspect_checkpoint(path).records, sd)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_frobenius_norm_large_tensors(dtype: torch.dtype) -> None:
+    from gradscope.checkpoint import frobenius_norm
+
+    gen = torch.Generator().manual_seed(5)
+    w = (torch.randn(3_000_007, generator=gen) * 0.02 + 0.001).to(dtype)
+    exact = float(np.linalg.norm(w.to(torch.float64).numpy()))
+    assert frobenius_norm(w) == pytest.approx(exact, rel=1e-7)
+    assert frobenius_norm(w[:1000]) == pytest.approx(
+        float(np.linalg.norm(w[:1000].to(torch.float64).numpy())), rel=1e-14
+    )
