@@ -348,6 +348,7 @@ def make_task_data(
     """
     import torch
 
+    dtype = _parse(Dtype, dtype, "dtype")
     gen = torch.Generator()
     gen.manual_seed(task_seed(seed, config, width, repeat))
     n, k = config.samples, config.classes

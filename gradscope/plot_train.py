@@ -1,0 +1,192 @@
+"""Figures of training records (``simulate --train-steps``): a (layer, step) heatmap of log
+gradient norm per configuration, and BatchNorm σ against layer at the last recorded step.
+
+Consumes records only (dataclasses, dicts, or rows read from CSV/JSON), never a model; no torch,
+no pyplot. :func:`plot_records` in :mod:`gradscope.plot` hands rows with a ``step`` column here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from gradscope.errors import RecordsError, SpecError
+from gradscope.output import check_output_path, write_atomic
+from gradscope.records import Row, as_rows
+
+# Columns measured per (configuration, step, layer); every other column is configuration.
+MEASURED = (
+    "repeats",
+    "step",
+    "layer",
+    "grad_norm_mean",
+    "grad_norm_std",
+    "grad_norm_sem",
+    "grad_norm_ci_low",
+    "grad_norm_ci_high",
+    "weight_norm",
+    "sigma",
+    "update_size",
+    "trust_ratio",
+    "loss",
+)
+
+LABELS = {
+    "grad_norm_mean": "gradient norm",
+    "weight_norm": "weight norm",
+    "sigma": "BatchNorm σ",
+    "update_size": "update size ‖Δw‖/‖w‖",
+    "trust_ratio": "trust ratio ‖w‖/‖∇w‖",
+}
+
+
+def is_training_rows(columns: Iterable[str]) -> bool:
+    """True for per-layer training records: they have ``step``, ``layer`` and a gradient norm."""
+    return {"step", "layer", "grad_norm_mean"} <= set(columns)
+
+
+def _float(value: Any) -> float:
+    if value is None or value == "":
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _configurations(columns: Sequence[str], rows: Sequence[Row]) -> list[tuple[str, list[Row]]]:
+    """Rows grouped by configuration, labelled by the configuration columns that vary."""
+    config_cols = [c for c in columns if c not in MEASURED]
+    groups: dict[tuple[Any, ...], list[Row]] = {}
+    for row in rows:
+        key = tuple(str(row.get(c)) for c in config_cols)
+        groups.setdefault(key, []).append(row)
+    keys = list(groups)
+    varying = [i for i, c in enumerate(config_cols) if len({k[i] for k in keys}) > 1]
+    out = []
+    for key in keys:
+        label = ", ".join(f"{config_cols[i]}={key[i]}" for i in varying) or "all rows"
+        out.append((label, groups[key]))
+    return out
+
+
+def _grid(rows: Sequence[Row], value: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(steps, layers, values[layer, step]) with NaN where a cell is missing."""
+    steps = np.array(sorted({int(_float(r["step"])) for r in rows}))
+    layers = np.array(sorted({int(_float(r["layer"])) for r in rows}))
+    si = {s: i for i, s in enumerate(steps)}
+    li = {v: i for i, v in enumerate(layers)}
+    grid = np.full((layers.size, steps.size), np.nan)
+    for r in rows:
+        grid[li[int(_float(r["layer"]))], si[int(_float(r["step"]))]] = _float(r.get(value))
+    return steps, layers, grid
+
+
+def training_figure(
+    records: Iterable[Any],
+    *,
+    value: str = "grad_norm_mean",
+    title: str | None = None,
+    size: tuple[float, float] | None = None,
+    dpi: int | None = None,
+) -> Figure:
+    """One heatmap of log10(``value``) over (step, layer) per configuration, on one colour scale,
+    and a panel of BatchNorm σ against layer at each configuration's last recorded step.
+
+    Raises:
+        RecordsError: no rows, or rows without ``step``/``layer``/``grad_norm_mean``.
+        SpecError: ``value`` is not a column of the records.
+    """
+    columns, rows = as_rows(records)
+    if not rows:
+        raise RecordsError("there are no records to plot")
+    if not is_training_rows(columns):
+        raise RecordsError(
+            "training plots need per-layer training records (columns step, layer, "
+            f"grad_norm_mean); these have {', '.join(columns)}"
+        )
+    if value not in columns:
+        raise SpecError(
+            f"{value!r} is not a column of the records; columns are: {', '.join(columns)}"
+        )
+    configs = _configurations(columns, rows)
+    grids = [(label, *_grid(group, value)) for label, group in configs]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = [np.where(g > 0, np.log10(g), np.nan) for *_, g in grids]
+    finite = np.concatenate([v[np.isfinite(v)] for v in logs]) if logs else np.array([])
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if vmin == vmax:
+        vmin, vmax = vmin - 0.5, vmax + 0.5
+    has_sigma = "sigma" in columns and any(math.isfinite(_float(r.get("sigma"))) for r in rows)
+
+    n = len(grids) + (1 if has_sigma else 0)
+    ncols = min(n, 3)
+    nrows = -(-n // ncols)
+    width, height = size or (4.6 * ncols, 3.4 * nrows)
+    fig = Figure(figsize=(width, height), dpi=dpi or 120, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    mesh = None
+    for ax, (label, steps, layers, _), logv in zip(axes, grids, logs, strict=False):
+        mesh = ax.pcolormesh(
+            steps, layers, logv, shading="nearest", cmap="viridis", vmin=vmin, vmax=vmax
+        )
+        ax.set_xlabel("training step")
+        ax.set_ylabel("layer (1 = input side)")
+        ax.set_title(label, fontsize=9)
+    if mesh is not None:
+        fig.colorbar(mesh, ax=list(axes[: len(grids)]), label=f"log10 {LABELS.get(value, value)}")
+    if has_sigma:
+        ax = axes[len(grids)]
+        for label, group in configs:
+            last = max(int(_float(r["step"])) for r in group)
+            end = sorted(
+                (r for r in group if int(_float(r["step"])) == last),
+                key=lambda r: _float(r["layer"]),
+            )
+            xs = [_float(r["layer"]) for r in end]
+            ys = [_float(r.get("sigma")) for r in end]
+            if any(math.isfinite(y) for y in ys):
+                ax.plot(xs, ys, marker="o", markersize=3, label=f"{label} (step {last})")
+        ax.set_yscale("log")
+        ax.set_xlabel("layer (1 = input side)")
+        ax.set_ylabel("BatchNorm σ = sqrt(mean running_var)")
+        ax.set_title("σ at the last recorded step", fontsize=9)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    fig.suptitle(title or f"{LABELS.get(value, value).capitalize()} over training")
+    return fig
+
+
+def plot_training(
+    records: Iterable[Any],
+    out: str | Path | None = None,
+    *,
+    value: str = "grad_norm_mean",
+    title: str | None = None,
+    size: tuple[float, float] | None = None,
+    dpi: int | None = None,
+) -> Figure:
+    """:func:`training_figure`, written to ``out`` (.png, .svg or .pdf) when given, whole or not
+    at all."""
+    from gradscope.plot import figure_bytes, figure_format
+
+    path = Path(out) if out is not None else None
+    if path is not None:
+        fmt = figure_format(path)
+        check_output_path(path)
+    fig = training_figure(records, value=value, title=title, size=size, dpi=dpi)
+    if path is not None:
+        write_atomic(path, figure_bytes(fig, fmt))
+    return fig
+
+
+__all__ = ["is_training_rows", "plot_training", "training_figure"]
