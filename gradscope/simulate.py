@@ -21,7 +21,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import threading
+import types
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -837,3 +839,13 @@ __all__ = [
     "forward_backward",
     "simulate",
 ]
+
+
+class _CallableModule(types.ModuleType):
+    """``gradscope.simulate(...)`` is the API even once this module (same name) is imported."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> SimulationResult:
+        return simulate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -152,3 +152,20 @@ def test_log_linear_rate_and_bootstrap() -> None:
     low, high = bootstrap_rate_ci(norms, seed=0)
     assert low < 1.25 < high and high - low < 0.01
     assert bootstrap_rate_ci(norms, seed=0) == (low, high)
+
+
+def test_mean_field_and_layernorm_predictions_match_measurement() -> None:
+    """Paper size, 16 repeats: the mean-field rates are within half a percent of measurement."""
+    res = simulate(activation=["tanh", "relu"], norm=["none", "layernorm"], repeats=16, seed=5)
+    by_config = {(s.activation, s.norm): s for s in res.summary}
+    for key, tol in [
+        (("tanh", "none"), 0.005),
+        (("relu", "none"), 0.01),
+        (("tanh", "layernorm"), 0.01),
+        (("relu", "layernorm"), 0.01),
+    ]:
+        s = by_config[key]
+        assert s.predicted_rate is not None
+        assert s.fitted_rate == pytest.approx(s.predicted_rate, rel=tol), key
+    # LayerNorm keeps the mean of ReLU, so unlike BatchNorm it predicts no growth at all.
+    assert by_config[("relu", "layernorm")].predicted_rate == pytest.approx(1.0, abs=1e-12)
