@@ -568,7 +568,7 @@ def run_configuration(
 # Records from statistics
 
 
-def _num(v: float) -> float | None:
+def _num(v: float | None) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
@@ -630,7 +630,7 @@ def build_records(
     first, last = half_rates(s.mean)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         amp = float(s.mean[0] / s.mean[-1]) if s.mean[-1] != 0 else math.nan
-    pred_rate = prediction.rate if prediction.relative is not None else None
+    pred_rate = _num(prediction.rate) if prediction.relative is not None else None
     deviation = None
     pred_in_ci = None
     if pred_rate is not None and math.isfinite(rate):

@@ -56,7 +56,7 @@ def _from_log_relative(log_rel: np.ndarray, basis: str) -> Prediction:
     rel = np.exp(log_rel - log_rel[-1])
     rate, _ = log_linear_rate(rel)
     if not np.all(np.isfinite(rel)):
-        return Prediction(None, None, "the prediction overflows double precision at this depth")
+        return Prediction(None, None, "none: overflows float64 at this depth")
     return Prediction(tuple(float(v) for v in rel), rate, basis)
 
 
@@ -69,18 +69,15 @@ def predict(spec: NetSpec) -> Prediction:
             return Prediction(
                 tuple(0.0 for _ in range(depth)),
                 None,
-                "zero-gamma: γ = 0 blocks every branch weight's gradient at initialisation",
+                "exact zero: γ = 0 blocks the branch gradients",
             )
         return Prediction(
             None,
             None,
-            "resnet: no closed form (the activation after the skip makes the block input "
-            "non-Gaussian)",
+            "none: no closed form for resnet",
         )
     if spec.init is Init.identity and spec.activation.name != "identity":
-        return Prediction(
-            None, None, "identity init never mixes units, so the Gaussian theory does not apply"
-        )
+        return Prediction(None, None, "none: identity init does not mix units")
     if spec.norm is Norm.batchnorm:
         second, grad_second = _moments(spec, 1.0)
         act = spec.activation
@@ -89,19 +86,15 @@ def predict(spec: NetSpec) -> Prediction:
         mean = activation_moments(act.g, act.dg, 1.0, act.kinks(), raw).mean
         variance = second - mean * mean
         if not (variance > 0 and grad_second > 0):
-            return Prediction(None, None, "the activation passes no signal (zero variance)")
+            return Prediction(None, None, "none: activation passes no signal")
         r = grad_second / variance
-        return _from_log_relative(
-            0.5 * math.log(r) * steps, f"batchnorm: sqrt(E(g'²)/Var(g)) = {math.sqrt(r):.6g}"
-        )
+        return _from_log_relative(0.5 * math.log(r) * steps, "sqrt(r): batchnorm")
     if spec.norm is Norm.layernorm:
         second, grad_second = _moments(spec, 1.0)
         if not (second > 0 and grad_second > 0):
-            return Prediction(None, None, "the activation passes no signal (zero output)")
+            return Prediction(None, None, "none: activation passes no signal")
         rate = math.sqrt(grad_second / second)
-        return _from_log_relative(
-            math.log(rate) * steps, f"layernorm mean field: sqrt(E(g'²)/E(g²)) = {rate:.6g}"
-        )
+        return _from_log_relative(math.log(rate) * steps, "mean field: layernorm")
     return _mean_field(spec)
 
 
@@ -114,13 +107,13 @@ def _mean_field(spec: NetSpec) -> Prediction:
     for _ in range(depth):
         q = s2 * m_prev
         if not (math.isfinite(q) and q > 0):
-            return Prediction(None, None, "the mean-field variance leaves double precision")
+            return Prediction(None, None, "none: mean-field variance overflows")
         key = float(f"{q:.15g}")
         if key not in cache:
             cache[key] = _moments(spec, math.sqrt(q))
         m, gs = cache[key]
         if not (m > 0 and gs > 0 and math.isfinite(m)):
-            return Prediction(None, None, "the mean-field variance vanishes or overflows")
+            return Prediction(None, None, "none: mean-field variance vanishes or overflows")
         log_chi.append(math.log(s2 * gs))
         log_m.append(math.log(m))
         m_prev = m
@@ -129,8 +122,7 @@ def _mean_field(spec: NetSpec) -> Prediction:
     tail = np.concatenate([np.cumsum(chi[:-1][::-1])[::-1], [0.0]])  # Σ_{k=l}^{L−1}
     lm = np.array(log_m[:depth])
     log_rel = 0.5 * (tail + lm - lm[-1])
-    fixed_chi = math.exp(chi[-1])
     return _from_log_relative(
         log_rel,
-        f"mean field (no norm): √χ = {math.sqrt(fixed_chi):.6g} at the deepest layer",
+        "mean field: no norm",
     )
