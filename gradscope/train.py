@@ -535,29 +535,32 @@ def train_repeat(
                 torch._foreach_mul_([p.grad for p in params], coef)
             if predicted is not None:
                 assert gsq is not None
-                step_sq = gsq.to(f64) * lr2
-                if coef is not None:
-                    step_sq = step_sq * coef.to(f64).square()
-                predicted.mul_(decay2).add_(step_sq)
+                if decay2 != 1.0:
+                    predicted.mul_(decay2)
+                if coef is None:
+                    predicted.add_(gsq, alpha=lr2)
+                else:
+                    predicted.add_(gsq * coef.square(), alpha=lr2)
             if k is not None:
                 assert gsq is not None
-                before = [w.detach().clone() for w in weights]
+                before = torch.stack(weights).detach()  # (depth, width, width)
                 gnorm = gsq.sqrt()
-                wnorm = torch.stack(torch._foreach_norm(before))
-                buf[k, 0] = gnorm
-                buf[k, 1] = wnorm
-                if norms:
-                    var = torch.stack([bn.running_var for bn in norms])  # (depth, width)
-                    buf[k, 2] = var.mean(dim=1).sqrt()
-                buf[k, 4] = wnorm / gnorm
+                wnorm = torch.linalg.vector_norm(before, dim=(1, 2))
+                sigma = (
+                    torch.stack([bn.running_var for bn in norms]).mean(dim=1).sqrt()
+                    if norms
+                    else torch.full_like(gnorm, math.nan)
+                )
+                buf[k] = torch.stack([gnorm, wnorm, sigma, gnorm, wnorm / gnorm])
                 loss_buf[k] = loss.detach()
                 if classify:
                     acc_buf[k] = (out.detach().argmax(dim=1) == yb).to(tdt).mean()
         opt.step()
         if k is not None:
             with torch.no_grad():
-                delta = torch._foreach_sub([w.detach() for w in weights], before)
-                buf[k, 3] = torch.stack(torch._foreach_norm(delta)) / wnorm
+                # the update size overwrites the placeholder in row 3
+                delta = torch.stack(weights).sub_(before)
+                buf[k, 3] = torch.linalg.vector_norm(delta, dim=(1, 2)) / wnorm
         if tick is not None and (t % PROGRESS_EVERY == PROGRESS_EVERY - 1 or t == config.steps - 1):
             tick(t % PROGRESS_EVERY + 1)
 
