@@ -147,6 +147,33 @@ def main() -> None:
                 f"{f0.rate_per_layer:.3f} (CI {f0.rate_ci_low:.3f}–{f0.rate_ci_high:.3f})"
             )
 
+    # The weight-norm identity in float64, where rounding no longer hides it.
+    check = train(
+        specs,
+        task="gaussian-classes",
+        lr=args.lr,
+        steps=300,
+        record_every=300,
+        repeats=1,
+        seed=0,
+        dtype="float64",
+        device="cpu",
+    )
+    print("\n### ‖W‖² growth check in float64 (300 steps, plain SGD, no weight decay)\n")
+    print("| net | growth layer 1 (measured / predicted) | growth layer L | max rel. error |")
+    print("|---|---|---|---|")
+    for spec in specs:
+        rows = [
+            w
+            for w in check.weight_growth
+            if label(w) == f"{spec.activation.label} {spec.arch.value}"
+        ]
+        errs = max(w.max_relative_error or 0.0 for w in rows)
+        print(
+            f"| {label(rows[0])} | {rows[0].measured_growth:.4f} / {rows[0].predicted_growth:.4f} "
+            f"| {rows[-1].measured_growth:.4f} / {rows[-1].predicted_growth:.4f} | {errs:.1e} |"
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -7,6 +7,7 @@ no pyplot. :func:`plot_records` in :mod:`gradscope.plot` hands rows with a ``ste
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from gradscope.errors import RecordsError, SpecError
 from gradscope.output import check_output_path, write_atomic
@@ -139,6 +141,7 @@ def training_figure(
         )
         ax.set_xlabel("training step")
         ax.set_ylabel("layer (1 = input side)")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(label, fontsize=9)
     if mesh is not None:
         fig.colorbar(mesh, ax=list(axes[: len(grids)]), label=f"log10 {LABELS.get(value, value)}")
@@ -155,6 +158,7 @@ def training_figure(
             if any(math.isfinite(y) for y in ys):
                 ax.plot(xs, ys, marker="o", markersize=3, label=f"{label} (step {last})")
         ax.set_yscale("log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("layer (1 = input side)")
         ax.set_ylabel("BatchNorm σ = sqrt(mean running_var)")
         ax.set_title("σ at the last recorded step", fontsize=9)
@@ -174,16 +178,20 @@ def plot_training(
     title: str | None = None,
     size: tuple[float, float] | None = None,
     dpi: int | None = None,
+    style: str | None = None,
 ) -> Figure:
     """:func:`training_figure`, written to ``out`` (.png, .svg or .pdf) when given, whole or not
-    at all."""
+    at all. ``style`` is a matplotlib style name."""
     from gradscope.plot import figure_bytes, figure_format
 
     path = Path(out) if out is not None else None
     if path is not None:
         fmt = figure_format(path)
         check_output_path(path)
-    fig = training_figure(records, value=value, title=title, size=size, dpi=dpi)
+    import matplotlib.style
+
+    with matplotlib.style.context(style) if style else contextlib.nullcontext():
+        fig = training_figure(records, value=value, title=title, size=size, dpi=dpi)
     if path is not None:
         write_atomic(path, figure_bytes(fig, fmt))
     return fig
