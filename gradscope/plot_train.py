@@ -163,7 +163,7 @@ def training_figure(
         ax.set_ylabel("BatchNorm σ = sqrt(mean running_var)")
         ax.set_title("σ at the last recorded step", fontsize=9)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
     for ax in axes[n:]:
         ax.set_visible(False)
     fig.suptitle(title or f"{LABELS.get(value, value).capitalize()} over training")

@@ -543,9 +543,9 @@ def train_repeat(
                     predicted.add_(gsq * coef.square(), alpha=lr2)
             if k is not None:
                 assert gsq is not None
-                before = torch.stack(weights).detach()  # (depth, width, width)
+                before = torch._foreach_mul(weights, 1.0)  # copies of W_t
                 gnorm = gsq.sqrt()
-                wnorm = torch.linalg.vector_norm(before, dim=(1, 2))
+                wnorm = torch.stack(torch._foreach_norm(before))
                 sigma = (
                     torch.stack([bn.running_var for bn in norms]).mean(dim=1).sqrt()
                     if norms
@@ -559,8 +559,8 @@ def train_repeat(
         if k is not None:
             with torch.no_grad():
                 # the update size overwrites the placeholder in row 3
-                delta = torch.stack(weights).sub_(before)
-                buf[k, 3] = torch.linalg.vector_norm(delta, dim=(1, 2)) / wnorm
+                torch._foreach_sub_(before, weights)  # W_t − W_{t+1}
+                buf[k, 3] = torch.stack(torch._foreach_norm(before)) / wnorm
         if tick is not None and (t % PROGRESS_EVERY == PROGRESS_EVERY - 1 or t == config.steps - 1):
             tick(t % PROGRESS_EVERY + 1)
 
