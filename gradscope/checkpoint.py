@@ -137,12 +137,19 @@ class CheckpointResult:
 # --------------------------------------------------------------------------- tensor tables
 
 
+Span = tuple[str, int, int, str]
+Locate = Callable[["_StorageRef"], tuple[str, int, int]]
+
+
 @dataclass
 class TensorEntry:
     """A tensor known by shape before it is read; ``load()`` reads it (a torch.Tensor)."""
 
     shape: tuple[int, ...]
     load: Callable[[], Any]
+    # Where the tensor's bytes lie, when they are one contiguous run of a file:
+    # (path, offset, nbytes, dtype name). Lets norms stream the file without loading it.
+    span: Callable[[], Span | None] | None = None
 
 
 @dataclass
@@ -295,6 +302,7 @@ def _open_safetensors(path: str, label: str) -> TensorTable:
         entries[name] = TensorEntry(
             shape,
             functools.partial(_read_tensor, path, start + begin, end - begin, dtype_name, shape),
+            _constant((path, start + begin, end - begin, dtype_name)),
         )
     order = sorted(entries, key=natural_key)
     table = TensorTable(label, path, "safetensors", {k: entries[k] for k in order}, ordered=False)
@@ -435,33 +443,50 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise _Unsupported(f"persistent id {pid!r:.60}")
 
 
-def _tensor_loader(ref: _TensorRef, read_storage: Callable[[_StorageRef], Any]) -> Callable:
-    """A loader that reads the tensor's storage (a uint8 tensor) and views it."""
+def _itemsize(dtype_name: str) -> int:
+    import torch
+
+    return int(torch.empty((), dtype=_torch_dtype(dtype_name)).element_size())
+
+
+def _tensor_loader(ref: _TensorRef, locate: Locate) -> Callable:
+    """A loader that reads the tensor's storage (one read of its bytes) and views it."""
 
     def load() -> Any:
-        import torch
-
-        dtype = _torch_dtype(ref.storage.dtype)
-        raw = read_storage(ref.storage)
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        if raw.numel() != ref.storage.numel * itemsize:
+        raw = _read_bytes(*locate(ref.storage))
+        if raw.numel() != ref.storage.numel * _itemsize(ref.storage.dtype):
             raise CheckpointError("a tensor's storage is truncated")
         try:
-            return raw.view(dtype).as_strided(ref.size, ref.stride, ref.offset)
+            view = raw.view(_torch_dtype(ref.storage.dtype))
+            return view.as_strided(ref.size, ref.stride, ref.offset)
         except RuntimeError as exc:
             raise CheckpointError(f"a tensor lies outside its storage ({_short(exc)})") from None
 
     return load
 
 
-def _zip_storage_reader(
-    path: str, zf: zipfile.ZipFile, prefix: str
-) -> Callable[[_StorageRef], Any]:
-    """Reads one storage record of a zip checkpoint straight from the file (records are
-    stored uncompressed), without touching the others."""
+def _tensor_span(ref: _TensorRef, locate: Locate) -> Span | None:
+    """The file bytes of a tensor that is one contiguous run of its storage, else None."""
+    expected, step = [], 1
+    for size in reversed(ref.size):
+        expected.append(step)
+        step *= size
+    if tuple(reversed(expected)) != ref.stride and math.prod(ref.size) > 1:
+        return None
+    path, offset, nbytes = locate(ref.storage)
+    itemsize = _itemsize(ref.storage.dtype)
+    begin, length = ref.offset * itemsize, math.prod(ref.size) * itemsize
+    if begin < 0 or begin + length > nbytes:
+        return None
+    return path, offset + begin, length, ref.storage.dtype
+
+
+def _zip_storage_reader(path: str, zf: zipfile.ZipFile, prefix: str) -> Locate:
+    """Where one storage record of a zip checkpoint lies in the file (records are stored
+    uncompressed), so that it can be read without touching the others."""
     infos = {i.filename: i for i in zf.infolist()}
 
-    def read_storage(ref: _StorageRef) -> Any:
+    def locate(ref: _StorageRef) -> tuple[str, int, int]:
         info = infos.get(f"{prefix}/data/{ref.key}")
         if info is None:
             raise CheckpointError(f"{path} is corrupt: storage {ref.key} is missing")
@@ -474,12 +499,12 @@ def _zip_storage_reader(
             raise CheckpointError(f"{path} is corrupt: bad zip record for storage {ref.key}")
         start = info.header_offset + 30 + int.from_bytes(head[26:28], "little")
         start += int.from_bytes(head[28:30], "little")
-        return _read_bytes(path, start, info.file_size)
+        return path, start, info.file_size
 
-    return read_storage
+    return locate
 
 
-def _zip_lazy(path: str, zf: zipfile.ZipFile, *, stubs: bool) -> tuple[Any, Callable]:
+def _zip_lazy(path: str, zf: zipfile.ZipFile, *, stubs: bool) -> tuple[Any, Locate]:
     """The object in a zip checkpoint's data.pkl with ``_TensorRef`` leaves, and a storage
     reader; raises ``_Unsupported`` when the pickle needs more than tensors and containers."""
     names = zf.namelist()
@@ -559,11 +584,11 @@ def _legacy_lazy(path: str, label: str) -> Any:
     if missing:
         raise CheckpointError(f"{path} is corrupt: {len(missing)} storages have no data")
 
-    def read_storage(ref: _StorageRef) -> Any:
+    def locate(ref: _StorageRef) -> tuple[str, int, int]:
         offset, nbytes = offsets[ref.key]
-        return _read_bytes(path, offset, nbytes)
+        return path, offset, nbytes
 
-    return _map_tensor_refs(obj, read_storage)
+    return _map_tensor_refs(obj, locate)
 
 
 def _collect_storages(obj: Any, out: dict[str, _StorageRef], depth: int = 0) -> None:
@@ -584,12 +609,13 @@ def _collect_storages(obj: Any, out: dict[str, _StorageRef], depth: int = 0) -> 
 class _LazyTensor:
     """A tensor reference that reads its storage on ``load()``."""
 
-    def __init__(self, ref: _TensorRef, read: Callable[[_StorageRef], Any]) -> None:
+    def __init__(self, ref: _TensorRef, locate: Locate) -> None:
         self.shape = ref.size
-        self.load = _tensor_loader(ref, read)
+        self.load = _tensor_loader(ref, locate)
+        self.span = functools.partial(_tensor_span, ref, locate)
 
 
-def _map_tensor_refs(obj: Any, read: Callable[[_StorageRef], Any], depth: int = 0) -> Any:
+def _map_tensor_refs(obj: Any, read: Locate, depth: int = 0) -> Any:
     if depth > 50:
         return obj
     if isinstance(obj, _TensorRef):
@@ -732,7 +758,7 @@ def _table_from_object(obj: Any, path: str, label: str, fmt: str, key: str | Non
         if not isinstance(k, str) or not _is_tensor(v):
             continue
         if isinstance(v, _LazyTensor):
-            entries[mapping[k]] = TensorEntry(tuple(v.shape), v.load)
+            entries[mapping[k]] = TensorEntry(tuple(v.shape), v.load, v.span)
         else:
             entries[mapping[k]] = TensorEntry(tuple(v.shape), _constant(v))
     if not entries:
@@ -749,7 +775,7 @@ def _table_from_object(obj: Any, path: str, label: str, fmt: str, key: str | Non
 
 def _open_torchscript(path: str, label: str, zf: zipfile.ZipFile, trust: bool) -> TensorTable:
     try:
-        root, read_storage = _zip_lazy(path, zf, stubs=True)
+        root, locate = _zip_lazy(path, zf, stubs=True)
     except _Unsupported as exc:
         if not trust:
             raise _trust_error(path, f"it refers to {exc}") from None
@@ -765,7 +791,11 @@ def _open_torchscript(path: str, label: str, zf: zipfile.ZipFile, trust: bool) -
         for attr, value in state.items():
             name = f"{prefix_name}.{attr}" if prefix_name else str(attr)
             if isinstance(value, _TensorRef):
-                entries[name] = TensorEntry(value.size, _tensor_loader(value, read_storage))
+                entries[name] = TensorEntry(
+                    value.size,
+                    _tensor_loader(value, locate),
+                    functools.partial(_tensor_span, value, locate),
+                )
             elif isinstance(value, _Stub):
                 cls = re.sub(r"\.___torch_mangle_\d+", "", value.class_name).rsplit(".", 1)[-1]
                 modules.append((name, cls))
@@ -850,8 +880,8 @@ def _open_file(path: str, label: str, *, key: str | None, trust: bool) -> Tensor
             # else: torch's own weights-only loader, memory-mapped.
             if not trust:
                 try:
-                    obj, read_storage = _zip_lazy(path, zf, stubs=False)
-                    obj = _map_tensor_refs(obj, read_storage)
+                    obj, locate = _zip_lazy(path, zf, stubs=False)
+                    obj = _map_tensor_refs(obj, locate)
                     return _table_from_object(obj, path, label, "zip", key)
                 except _Unsupported:
                     pass
@@ -965,28 +995,62 @@ def _to_numpy(tensor: Any) -> np.ndarray:
     return tensor.detach().to(torch.float64).reshape(-1).numpy()
 
 
-def frobenius_norm(tensor: Any, chunk: int = 1 << 22, row: int = 128) -> float:
-    """‖W‖_F, fast and without a float64 copy of a large tensor.
-
-    Up to 2**16 elements: summed in float64. Larger: sums of squares over rows of ``row``
-    elements in float32 (short sums keep the relative error near 1e-10), summed in float64.
-    numpy (single-threaded) rather than torch: torch's threads lose time on a busy machine.
-    """
+def _sum_squares(flat: Any, row: int = 128) -> float:
+    """Σ w² of a 1-d tensor. Up to 2**16 elements in float64; larger ones as float32 sums over
+    rows of ``row`` elements (short sums keep the relative error near 1e-10), added in
+    float64. numpy (single-threaded) rather than torch: torch's threads lose time on a busy
+    machine."""
     import torch
 
-    flat = tensor.detach().reshape(-1)
     if flat.dtype not in (torch.float32, torch.float64):
         flat = flat.to(torch.float32)  # float16/bfloat16/integers (numpy has no bfloat16)
+    values = flat.numpy()
+    whole = values.size // row * row if values.size > 1 << 16 else 0
+    total = 0.0
+    if whole:
+        rows = values[:whole].reshape(-1, row)
+        total += float(np.einsum("ij,ij->i", rows, rows).astype(np.float64).sum())
+    tail = values[whole:].astype(np.float64)
+    return total + float(tail @ tail)
+
+
+def frobenius_norm(tensor: Any, chunk: int = 1 << 22) -> float:
+    """‖W‖_F of a tensor, in chunks (no float64 copy of a large tensor)."""
+    flat = tensor.detach().reshape(-1)
     total = 0.0
     for start in range(0, flat.numel(), chunk):
-        values = flat[start : start + chunk].numpy()
-        whole = values.size // row * row if values.size > 1 << 16 else 0
-        if whole:
-            rows = values[:whole].reshape(-1, row)
-            total += float(np.einsum("ij,ij->i", rows, rows).astype(np.float64).sum())
-        tail = values[whole:].astype(np.float64)
-        total += float(tail @ tail)
+        total += _sum_squares(flat[start : start + chunk])
     return math.sqrt(total)
+
+
+def _file_norm(path: str, offset: int, nbytes: int, dtype_name: str, chunk: int = 1 << 22) -> float:
+    """‖W‖_F of a tensor stored contiguously in a file, streamed through one small buffer:
+    neither the tensor nor the file is ever held in memory whole."""
+    import torch
+
+    itemsize = _itemsize(dtype_name)
+    chunk -= chunk % itemsize
+    buf = torch.empty(min(chunk, nbytes), dtype=torch.uint8)
+    view = memoryview(buf.numpy().data)
+    dtype = _torch_dtype(dtype_name)
+    total, done = 0.0, 0
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        while done < nbytes:
+            n = min(chunk, nbytes - done)
+            if fh.readinto(view[:n]) != n:
+                raise CheckpointError(f"{path} is truncated: a tensor extends past the end")
+            total += _sum_squares(buf[:n].view(dtype))
+            done += n
+    return math.sqrt(total)
+
+
+def entry_norm(entry: TensorEntry) -> float:
+    """‖W‖_F of a table entry: streamed from the file when its bytes are one run, else loaded."""
+    span = entry.span() if entry.span is not None else None
+    if span is not None:
+        return _file_norm(*span)
+    return frobenius_norm(entry.load())
 
 
 @dataclass
@@ -1152,7 +1216,7 @@ def batchnorm_records(table: TensorTable) -> list[CheckpointRecord]:
         if weight_name is not None:
             w = table.entries[weight_name]
             shape = tuple(w.shape)
-            fro = frobenius_norm(w.load())
+            fro = entry_norm(w)
             fwd, bwd = fro**2 / shape[0], fro**2 / shape[1]
         records.append(
             CheckpointRecord(
@@ -1188,7 +1252,7 @@ def weight_records(table: TensorTable) -> list[WeightRecord]:
         if len(entry.shape) < 2 or math.prod(entry.shape) == 0:
             continue
         index += 1
-        fro = frobenius_norm(entry.load())
+        fro = entry_norm(entry)
         numel = math.prod(entry.shape)
         out.append(
             WeightRecord(

@@ -541,3 +541,34 @@ def test_frobenius_norm_large_tensors(dtype: torch.dtype) -> None:
     assert frobenius_norm(w[:1000]) == pytest.approx(
         float(np.linalg.norm(w[:1000].to(torch.float64).numpy())), rel=1e-14
     )
+
+
+def test_weight_norms_stream_from_the_file(files: dict[str, Path], sd: dict) -> None:
+    from gradscope.checkpoint import _file_norm, entry_norm
+
+    for fmt in ("legacy", "zip", "safetensors", "sharded", "torchscript"):
+        table = open_checkpoint(files[fmt])
+        entry = table.entries["features.49.weight"]
+        assert entry.span is not None, fmt
+        span = entry.span()
+        assert span is not None, fmt  # contiguous: streamed, never loaded whole
+        exact = float(np.linalg.norm(sd["features.49.weight"].double().numpy()))
+        assert entry_norm(entry) == pytest.approx(exact, rel=1e-12), fmt
+        # Several small chunks give the same sum.
+        assert _file_norm(*span, chunk=1000) == pytest.approx(exact, rel=1e-12), fmt
+
+
+def test_non_contiguous_tensors_are_loaded_not_streamed(tmp_path: Path) -> None:
+    from gradscope.checkpoint import entry_norm
+
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    sd = {"t.weight": base.t(), "s.weight": base[1:3]}  # a transpose and an offset view
+    for save in (save_zip, save_legacy):
+        table = open_checkpoint(save(sd, tmp_path / "views.pt"))
+        t, s = table.entries["t.weight"], table.entries["s.weight"]
+        assert t.span is not None and t.span() is None
+        assert torch.equal(t.load(), base.t())
+        assert entry_norm(t) == pytest.approx(float(base.double().norm()), rel=1e-14)
+        assert s.span is not None and s.span() is not None
+        assert torch.equal(s.load(), base[1:3])
+        assert entry_norm(s) == pytest.approx(float(base[1:3].double().norm()), rel=1e-14)
