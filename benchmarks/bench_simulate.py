@@ -14,8 +14,8 @@ Measured in the same run, per repeat:
 - the FLOP floor: 3 × 2 × depth × batch × width² FLOP at the float32 rate of a 2048³ torch.mm.
 
 Prints the speed-up over the naive loop and the ratio to the practical limit (random-number
-floor + FLOP floor). The machine is shared and noisy: every figure is the median of several
-timed rounds, interleaved so that load affects all of them alike.
+floor + FLOP floor). The machine is shared and noisy: the timed rounds are interleaved so that
+load affects every case alike, and each figure is the best round (the median is printed too).
 
 Usage: python benchmarks/bench_simulate.py [--repeats 64] [--rounds 5]
 """
@@ -23,6 +23,7 @@ Usage: python benchmarks/bench_simulate.py [--repeats 64] [--rounds 5]
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -93,6 +94,7 @@ def main() -> None:
             torch.mm(a, b)
         return 3 * 2 * 2048**3 / (time.perf_counter() - start)
 
+    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     timings: dict[str, list[float]] = {}
     cases: dict[str, Callable[[], object]] = {}
     for arch in ("plain", "resnet"):
@@ -115,20 +117,24 @@ def main() -> None:
         flop_times.append(flop / mm_rate())
         for name, fn in cases.items():
             timings.setdefault(name, []).append(per_repeat(fn, n))
-    rng = statistics.median(randn_times)
-    flops = statistics.median(flop_times)
+    rng = min(randn_times)
+    flops = min(flop_times)
     limit = rng + flops
-    print(f"threads {torch.get_num_threads()}, {n} repeats x {rounds} rounds, medians per repeat")
-    print(f"random-number floor  {1e3 * rng:7.2f} ms")
+    print(
+        f"threads {torch.get_num_threads()}, {n} repeats x {rounds} rounds, best round per repeat"
+    )
+    rng_median = statistics.median(randn_times)
+    print(f"random-number floor  {1e3 * rng:7.2f} ms (median {1e3 * rng_median:.2f})")
     print(f"FLOP floor           {1e3 * flops:7.2f} ms  ({flop / flops / 1e9:.0f} GFLOP/s)")
     print(f"practical limit      {1e3 * limit:7.2f} ms")
     for arch in ("plain", "resnet"):
-        naive_t = statistics.median(timings[f"{arch}: naive nn.Sequential loop"])
+        naive_t = min(timings[f"{arch}: naive nn.Sequential loop"])
         for name in [k for k in cases if k.startswith(arch)]:
-            t = statistics.median(timings[name])
+            t = min(timings[name])
+            med = statistics.median(timings[name])
             print(
-                f"{name:38s} {1e3 * t:7.2f} ms   x{naive_t / t:4.2f} vs naive   "
-                f"{t / limit:4.2f} x practical limit"
+                f"{name:38s} {1e3 * t:7.2f} ms (median {1e3 * med:7.2f})   "
+                f"x{naive_t / t:4.2f} vs naive   {t / limit:4.2f} x practical limit"
             )
 
 
