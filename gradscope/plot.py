@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 
 from gradscope.errors import OutputError, RecordsError, SpecError
 from gradscope.output import check_output_path, write_atomic
+from gradscope.plot_train import is_training_rows, plot_training
 from gradscope.records import Row, as_rows, unique
 
 DEFAULT_SIZE = (7.0, 4.5)
@@ -359,6 +360,12 @@ def plot_records(
     Raises:
         RecordsError, SpecError, OutputError: bad records, options or output path.
     """
+    rows = list(rows)
+    if kind is None and x is None and rows and is_training_rows(as_rows(rows[:1])[0]):
+        # Per-layer training records: a heatmap over (layer, step) and sigma at the end.
+        return plot_training(
+            rows, out, value=y or "grad_norm_mean", title=title, size=size, dpi=dpi, style=style
+        )
     path = Path(out) if out is not None else None
     if path is not None:
         fmt = figure_format(path)

@@ -9,6 +9,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -497,3 +498,24 @@ def test_plot_imports_neither_torch_nor_pyplot(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "f.png").exists()
+
+
+def test_training_rows_become_a_heatmap(tmp_path: Path) -> None:
+    from matplotlib.collections import QuadMesh
+
+    rows = [
+        {"arch": "plain", "step": step, "layer": layer, "grad_norm_mean": 1.2 ** (4 - layer),
+         "weight_norm": 1.0, "sigma": 1.0 + 0.1 * (4 - layer), "loss": 1.0 / (1 + step)}
+        for step in (0, 10, 20)
+        for layer in (1, 2, 3, 4)
+    ]  # fmt: skip
+    fig = plot_records(rows, tmp_path / "train.png")
+    heatmap = fig.axes[0]  # (the colour bar has a mesh of its own)
+    meshes = [c for c in heatmap.collections if isinstance(c, QuadMesh)]
+    assert len(meshes) == 1 and heatmap.get_xlabel() == "training step"
+    values = np.asarray(meshes[0].get_array()).reshape(-1)
+    # log10 of the gradient norms, one cell per (layer, step)
+    assert sorted(np.round(values, 10)) == sorted(
+        np.round([math.log10(r["grad_norm_mean"]) for r in rows], 10)
+    )
+    assert (tmp_path / "train.png").stat().st_size > 0
