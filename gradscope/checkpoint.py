@@ -738,6 +738,19 @@ def _walk_candidates(
                 _walk_candidates(v, name, out, depth + 1)
 
 
+def _node_at(obj: Any, key: str) -> Any:
+    """The value at a key path such as ``ema`` or ``ema.module`` (None when absent)."""
+    if isinstance(obj, Mapping) and key in obj:
+        return obj[key]
+    node = obj
+    for part in re.split(r"[./]", key):
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        else:
+            return None
+    return node
+
+
 def _list_keys(obj: Any) -> str:
     if not isinstance(obj, Mapping):
         return f"none (it holds a {type(obj).__name__})"
@@ -752,6 +765,15 @@ def _table_from_object(obj: Any, path: str, label: str, fmt: str, key: str | Non
     if hasattr(obj, "named_modules") and not isinstance(obj, Mapping):
         modules, eps = _module_graph(obj)
     state, used_key, notes = _find_state_dict(obj, path, key)
+    if modules is None and used_key is not None:
+        # A whole module nested in a checkpoint dict (loaded with --trust-pickle).
+        node = _node_at(obj, used_key)
+        if hasattr(node, "named_modules") and not isinstance(node, Mapping):
+            modules, eps = _module_graph(node)
+    if modules is not None:
+        names, _ = _strip_prefixes(name for name, _ in modules)
+        modules = [(names[name], cls) for name, cls in modules]
+        eps = {_strip_prefixes([name])[0][name]: value for name, value in eps.items()}
     entries: dict[str, TensorEntry] = {}
     mapping, stripped = _strip_prefixes(k for k in state if isinstance(k, str))
     for k, v in state.items():
@@ -852,6 +874,15 @@ def _sniff(path: str) -> str:
     )
 
 
+def _is_torchscript(path: str) -> bool:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
 def _open_file(path: str, label: str, *, key: str | None, trust: bool) -> TensorTable:
     kind = _sniff(path)
     if kind == "safetensors":
@@ -862,6 +893,8 @@ def _open_file(path: str, label: str, *, key: str | None, trust: bool) -> Tensor
     if kind == "index":
         return _open_index(path, label, key, trust)
     if kind == "zipfile":
+        if key is not None and _is_torchscript(path):
+            raise CheckpointError(f"--key does not apply to {path}: it is a TorchScript module")
         try:
             zf = zipfile.ZipFile(path)
         except (zipfile.BadZipFile, OSError) as exc:

@@ -10,6 +10,7 @@ each of the max-pools.
 from __future__ import annotations
 
 import json
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -146,5 +147,7 @@ def save_sharded_safetensors(sd: dict[str, torch.Tensor], folder: Path, shards: 
 
 
 def save_torchscript(model: nn.Module, path: Path) -> Path:
-    torch.jit.save(torch.jit.script(model), str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated in 2.x
+        torch.jit.save(torch.jit.script(model), str(path))
     return path

@@ -572,3 +572,17 @@ def test_non_contiguous_tensors_are_loaded_not_streamed(tmp_path: Path) -> None:
         assert s.span is not None and s.span() is not None
         assert torch.equal(s.load(), base[1:3])
         assert entry_norm(s) == pytest.approx(float(base[1:3].double().norm()), rel=1e-14)
+
+
+def test_module_nested_in_a_dict_gives_its_graph_with_trust(tmp_path: Path) -> None:
+    model = randomize_bn(TinyResNet())
+    path = tmp_path / "yolo_style.pt"
+    torch.save({"epoch": 3, "model": model}, path)
+    assert run("inspect-checkpoint", str(path))[0] == 1  # refused without --trust-pickle
+    rows = inspect_checkpoint(path, trust_pickle=True).records
+    assert [r.after_downsample for r in rows] == [False, True, False, False]
+
+
+def test_key_on_torchscript_is_refused(files: dict[str, Path]) -> None:
+    code, _, err = run("inspect-checkpoint", str(files["torchscript"]), "--key", "model")
+    assert code == 1 and "TorchScript" in err
