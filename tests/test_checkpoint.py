@@ -127,6 +127,20 @@ def check_vgg(records: list[CheckpointRecord], sd: dict, prefix: str = "") -> No
 
 
 @pytest.mark.parametrize("fmt", ["legacy", "zip", "safetensors", "sharded", "torchscript"])
+def test_vgg_layout_every_format_cli_with_plot(
+    files: dict[str, Path], tmp_path: Path, fmt: str
+) -> None:
+    fig, out = tmp_path / "sigma.svg", tmp_path / "rows.json"
+    code, _, err = run("inspect-checkpoint", str(files[fmt]), "--plot", str(fig), "-o", str(out))
+    assert code == 0, err
+    rows = json.loads(out.read_text())
+    assert [r["name"] for r in rows] == BN_NAMES
+    assert {r["index"] for r in rows if r["after_downsample"]} == AFTER_POOL
+    svg = fig.read_text()
+    assert svg.startswith("<?xml") and "downsample" in svg
+
+
+@pytest.mark.parametrize("fmt", ["legacy", "zip", "safetensors", "sharded", "torchscript"])
 def test_vgg_layout_every_format(files: dict[str, Path], sd: dict, fmt: str) -> None:
     result = inspect_checkpoint(files[fmt])
     check_vgg(result.records, sd)
