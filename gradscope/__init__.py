@@ -21,6 +21,14 @@ _API = {
     "RatioRecord": "gradscope.ratios",
     "parse_activation": "gradscope.activations",
     "read_records": "gradscope.records",
+    "simulate": "gradscope.simulate",
+    "SimulationResult": "gradscope.simulate",
+    "inspect_checkpoint": "gradscope.checkpoint",
+    "CheckpointResult": "gradscope.checkpoint",
+    "train": "gradscope.train",
+    "run_model": "gradscope.model",
+    "model_records": "gradscope.model",
+    "plot_records": "gradscope.plot",
 }
 
 __all__ = ["GradscopeError", "__version__", *_API]

@@ -117,7 +117,10 @@ def print_table(
         table.add_column(col, justify="right" if numeric else "left", overflow="fold")
     for row in rows:
         table.add_row(*[format_cell(row.get(c)) for c in columns])
-    console = Console(file=stream, stderr=stderr and stream is None)
+    target = stream if stream is not None else (sys.stderr if stderr else sys.stdout)
+    is_tty = hasattr(target, "isatty") and target.isatty()
+    # A terminal wraps to its width; a file or pipe gets the whole table, unsqueezed.
+    console = Console(file=target, width=None if is_tty else 400)
     console.print(table)
 
 
