@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 
 from gradscope.errors import OutputError, RecordsError, SpecError
 from gradscope.output import check_output_path, write_atomic
+from gradscope.plot_kinds import PlotWarning, RecordKind
 from gradscope.plot_train import is_training_rows, plot_training
 from gradscope.records import Row, as_rows, unique
 
@@ -33,20 +34,6 @@ DEFAULT_DPI = 150
 MAX_INLINE_LEGEND = 6  # more legend entries than this go outside the axes
 MAX_MARKED_POINTS = 40  # longer lines are drawn without point markers
 PLAIN_LOG_LABELS_BELOW = 2.0  # decades: narrower log axes get plain tick labels
-
-
-class PlotWarning(UserWarning):
-    """Something in the records was left out of the figure (non-positive values on a log axis)."""
-
-
-class RecordKind(str, Enum):
-    """What a table of records holds, recognised from its columns."""
-
-    layers = "layers"  # simulate, one row per layer and configuration
-    sweep = "sweep"  # simulate summary, one fitted rate per configuration
-    checkpoint = "checkpoint"  # inspect-checkpoint, one row per BatchNorm layer
-    ratios = "ratios"  # ratios, one row per activation and input std
-    columns = "columns"  # anything else, plotted by --x and --y
 
 
 class FigureFormat(str, Enum):

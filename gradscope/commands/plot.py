@@ -12,15 +12,7 @@ import typer
 
 from gradscope.commands.common import note, warn
 from gradscope.errors import RecordsError, SpecError
-from gradscope.plot import (
-    PlotWarning,
-    RecordKind,
-    build_spec,
-    default_output,
-    detect_kind,
-    figure_format,
-    plot_records,
-)
+from gradscope.plot_kinds import PlotWarning, RecordKind
 from gradscope.records import Row, read_records
 
 
@@ -29,6 +21,8 @@ def plot_to_file(rows: Iterable[Any], out: Path, **options: Any) -> None:
 
     This is what ``simulate --plot`` and ``inspect-checkpoint --plot`` call.
     """
+    from gradscope.plot import plot_records  # matplotlib loads only when a figure is drawn
+
     with _warnings_on_stderr():
         plot_records(rows, out, **options)
     note(f"wrote {out}")
@@ -92,6 +86,8 @@ def plot_command(
 
       gradscope plot runs.csv --x width --y fitted_rate --terminal
     """
+    from gradscope.plot import build_spec, default_output, detect_kind, figure_format
+
     rows = _read_all(files)
     figure_size = _parse_size(size) if size is not None else None
     options: dict[str, Any] = dict(kind=kind, x=x, y=y, hue=hue, logy=logy, title=title)
@@ -116,6 +112,8 @@ def plot_command(
 
 
 def _read_all(files: list[str]) -> list[Row]:
+    from gradscope.plot import detect_kind
+
     if files.count("-") > 1:
         raise SpecError("stdin (-) can be read only once; give - at most one time")
     per_file = [read_records(name) for name in files]
