@@ -3,9 +3,11 @@
 The paper's Figure 1 setting (depth 20, width 256, batch 128, ReLU, BatchNorm), plain and resnet.
 Measured in the same run, per repeat:
 
-- gradscope: the engine (``run_configuration``), default workers;
-- gradscope, 1 worker and stacked: the single-thread path and repeats batched into bmm (the
-  GPU path), to show what each choice costs on this machine;
+- gradscope: the engine (``run_configuration``) as ``gradscope simulate`` runs a long job: one
+  worker process per core, each on one thread (the pool is started once, outside the timing;
+  starting it takes about a second);
+- gradscope with worker threads instead, with 1 worker, and with 16 repeats stacked into
+  ``bmm`` (the GPU path), to show what each choice costs on this machine;
 - naive: what a user writes from the paper: for each repeat an ``nn.Sequential`` of
   Linear(bias=False)/BatchNorm1d/ReLU, ``nn.init.normal_``, a fresh batch, ``backward`` of a
   random derivative, each weight's ``grad.norm()``;
@@ -31,7 +33,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from gradscope.simulate import build_specs, run_configuration
+from gradscope.simulate import Backend, build_specs, make_process_pool, run_configuration
 
 DEPTH, WIDTH, BATCH = 20, 256, 128
 
@@ -97,9 +99,16 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     timings: dict[str, list[float]] = {}
     cases: dict[str, Callable[[], object]] = {}
+    workers = os.cpu_count() or 1
+    pool = make_process_pool(workers) if workers > 1 else None
     for arch in ("plain", "resnet"):
         spec = build_specs(arch=arch, activation="relu", norm="batchnorm")[0]
-        cases[f"{arch}: gradscope"] = lambda s=spec: run_configuration(s, n, seed=0)
+        cases[f"{arch}: gradscope"] = lambda s=spec: run_configuration(
+            s, n, seed=0, workers=workers, backend=Backend.processes, pool=pool
+        )
+        cases[f"{arch}: gradscope, threads"] = lambda s=spec: run_configuration(
+            s, n, seed=0, workers=workers, backend=Backend.threads
+        )
         cases[f"{arch}: gradscope, 1 worker"] = lambda s=spec: run_configuration(
             s, n, seed=0, workers=1
         )
@@ -110,6 +119,10 @@ def main() -> None:
         cases[f"{arch}: naive nn.Sequential loop"] = lambda f=naive: [f() for _ in range(n)]
     for fn in cases.values():  # warm-up
         fn()
+    if pool is not None:
+        import atexit
+
+        atexit.register(pool.shutdown)
     flop_times = []
     randn_times = []
     for _ in range(rounds):

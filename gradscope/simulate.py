@@ -27,6 +27,7 @@ import types
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -490,6 +491,71 @@ def default_workers(device: str) -> int:
         return max(1, os.cpu_count() or 1)
 
 
+class Backend(str, Enum):
+    """How CPU workers run: ``auto`` picks processes for long jobs, threads for short ones."""
+
+    auto = "auto"
+    threads = "threads"
+    processes = "processes"
+
+
+# Below this much arithmetic (≈ 2 s of work on one core) starting worker processes costs more
+# than it saves: threads are used instead.
+PROCESS_MIN_FLOP = 3e11
+
+_CHILD_LOCAL = threading.local()
+_CHILD_ACT: dict[ActivationSpec, tuple[Any, Any]] = {}
+
+
+def _child_init() -> None:
+    """Worker process set-up: one intra-op thread; Ctrl-C is the parent's business."""
+    import signal
+
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+
+
+def _process_chunk(
+    spec: NetSpec, seed: int, first: int, count: int, dtype: Dtype
+) -> list[RepeatValues]:
+    """Repeats ``first .. first+count-1`` in a worker process."""
+    act = _CHILD_ACT.get(spec.activation)
+    if act is None:
+        act = (spec.activation.torch_fn(), activation_backward(spec.activation))
+        _CHILD_ACT[spec.activation] = act
+    return [
+        _run_one(spec, seed, k, dtype, "cpu", _CHILD_LOCAL, act)
+        for k in range(first, first + count)
+    ]
+
+
+def make_process_pool(workers: int) -> Any:
+    """Worker processes forked from this one (the DataLoader pattern: one thread each).
+
+    Fork, not spawn: spawn would re-import the user's ``__main__``.
+    """
+    import multiprocessing
+    import warnings
+    from concurrent.futures import ProcessPoolExecutor
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pool = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_child_init,
+        )
+        # Start the workers now, before any progress-bar thread exists in this process.
+        list(pool.map(int, range(workers)))
+    return pool
+
+
+def _work_flop(spec: NetSpec, repeats: int) -> float:
+    return 6.0 * repeats * spec.depth * spec.batch * spec.width**2
+
+
 def run_configuration(
     spec: NetSpec,
     repeats: int,
@@ -499,18 +565,25 @@ def run_configuration(
     device: str = "cpu",
     workers: int | None = None,
     chunk: int | None = None,
+    backend: Backend = Backend.auto,
+    pool: Any = None,
     progress: ProgressFn | None = None,
     stop: threading.Event | None = None,
 ) -> LayerStats:
     """Run ``repeats`` repeats of one configuration and return their merged statistics.
 
-    Repeat k always uses the generator seeded by (seed, spec, k), and statistics are added in
-    repeat order, so the result does not depend on ``workers`` or ``chunk``. When ``stop`` is
-    set (Ctrl-C), the repeats finished so far are returned.
+    Repeat k always uses the generator seeded by (seed, spec, k), runs on one intra-op thread,
+    and is added in repeat order, so the result is bit-identical whatever ``workers``,
+    ``backend`` or (on CPU) the process it ran in. When ``stop`` is set (Ctrl-C), the repeats
+    finished so far are returned.
 
     Args:
-        workers: CPU threads each running whole repeats on one core (default: one per core).
+        workers: CPU workers, each running whole repeats on one core (default: one per core).
         chunk: repeats stacked into batched matmuls (default: 1 on CPU, 64 on CUDA).
+        backend: CPU workers as processes or threads. PyTorch's CPU matmuls do not run
+            concurrently from two Python threads (measured: no speed-up), processes do (1.98×);
+            ``auto`` uses processes for long jobs.
+        pool: a process pool from :func:`make_process_pool` to reuse across configurations.
         progress: called with the number of repeats just completed.
     """
     stats = LayerStats(spec.depth)
@@ -527,6 +600,10 @@ def run_configuration(
             if progress:
                 progress(n)
         return stats
+    use_processes = workers > 1 and (
+        backend is Backend.processes
+        or (backend is Backend.auto and _work_flop(spec, repeats) >= PROCESS_MIN_FLOP)
+    )
     local = threading.local()
     # One intra-op thread per repeat: the per-repeat arithmetic, hence every bit of the output,
     # is then the same whatever the number of workers.
@@ -535,37 +612,52 @@ def run_configuration(
             for k in range(repeats):
                 if stop and stop.is_set():
                     break
-                res = _run_one(spec, seed, k, dtype, device, local, act)
-                _add(stats, res)
+                _add(stats, _run_one(spec, seed, k, dtype, device, local, act))
                 if progress:
                     progress(1)
             return stats
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            pending: list[Any] = []
+        owned = None
+        if use_processes and pool is None:
+            pool = owned = make_process_pool(workers)
+        elif not use_processes:
+            pool = owned = ThreadPoolExecutor(max_workers=workers)
+        # Processes get a few repeats per task (less traffic); threads one.
+        step = max(1, min(4, repeats // (4 * workers))) if use_processes else 1
+        try:
+            pending: list[tuple[Any, int]] = []
             k = 0
             # A bounded window in flight, collected in repeat order.
             while k < repeats or pending:
-                while k < repeats and len(pending) < 2 * workers:
-                    if stop and stop.is_set():
-                        break
-                    pending.append(pool.submit(_run_one, spec, seed, k, dtype, device, local, act))
-                    k += 1
+                while k < repeats and len(pending) < 2 * workers and not (stop and stop.is_set()):
+                    n = min(step, repeats - k)
+                    if use_processes:
+                        fut = pool.submit(_process_chunk, spec, seed, k, n, dtype)
+                    else:
+                        fut = pool.submit(_run_one, spec, seed, k, dtype, device, local, act)
+                    pending.append((fut, n))
+                    k += n
                 if not pending:
                     break
-                res = pending.pop(0).result()
-                _add(stats, res)
+                fut, n = pending.pop(0)
+                results = fut.result() if use_processes else [fut.result()]
+                for res in results:
+                    _add(stats, res)
                 if progress:
-                    progress(1)
+                    progress(n)
                 if stop and stop.is_set():
-                    for f in pending:
+                    # Finish what is already running; cancel what has not started.
+                    for f, _ in pending:
                         f.cancel()
-                    for f in pending:
+                    for f, m in pending:
                         if not f.cancelled():
-                            r = f.result()
-                            _add(stats, r)
+                            for res in f.result() if use_processes else [f.result()]:
+                                _add(stats, res)
                             if progress:
-                                progress(1)
+                                progress(m)
                     break
+        finally:
+            if owned is not None:
+                owned.shutdown(wait=True, cancel_futures=True)
     return stats
 
 
@@ -746,6 +838,7 @@ def simulate(
     max_memory: int | None = None,
     workers: int | None = None,
     chunk: int | None = None,
+    backend: Backend | str = Backend.auto,
     resamples: int = 1000,
     progress: Callable[[int, int], None] | None = None,
     stop: threading.Event | None = None,
@@ -756,6 +849,9 @@ def simulate(
     a summary. Results are bit-identical for the same seed, whatever ``workers``/``chunk``.
 
     Args:
+        backend: CPU workers as ``processes`` (forked, one thread each: PyTorch's CPU matmuls
+            do not run concurrently from Python threads), ``threads``, or ``auto``
+            (processes when the whole job is more than about two seconds of arithmetic).
         progress: called as ``progress(done, total)`` with repeats over all configurations.
         stop: when set (e.g. on Ctrl-C), returns what has finished, marked ``partial``.
 
@@ -803,35 +899,56 @@ def simulate(
             progress(done, total)
 
     result = SimulationResult(records=[], summary=[])
-    for spec, prediction in zip(specs, predictions, strict=True):
-        if stop is not None and stop.is_set():
-            result.partial = True
-            break
-        stats = run_configuration(
-            spec,
-            repeats,
-            seed,
-            dtype=dt,
-            device=dev,
-            workers=n_workers,
-            chunk=n_chunk,
-            progress=tick,
-            stop=stop,
+    mode = _enum(Backend, backend, "backend")
+    use_processes = (
+        dev == "cpu"
+        and n_chunk == 1
+        and n_workers > 1
+        and (
+            mode is Backend.processes
+            or (
+                mode is Backend.auto
+                and sum(_work_flop(spec, repeats) for spec in specs) >= PROCESS_MIN_FLOP
+            )
         )
-        if stats.count == 0:
-            result.partial = True
-            break
-        partial = stats.count < repeats
-        result.partial = result.partial or partial
-        records, summary = build_records(spec, stats, prediction, seed, partial, resamples)
-        result.records.extend(records)
-        result.summary.append(summary)
-        result.repeats_done[spec.key()] = stats.count
+    )
+    pool = make_process_pool(n_workers) if use_processes else None
+    try:
+        for spec, prediction in zip(specs, predictions, strict=True):
+            if stop is not None and stop.is_set():
+                result.partial = True
+                break
+            stats = run_configuration(
+                spec,
+                repeats,
+                seed,
+                dtype=dt,
+                device=dev,
+                workers=n_workers,
+                chunk=n_chunk,
+                backend=Backend.processes if use_processes else Backend.threads,
+                pool=pool,
+                progress=tick,
+                stop=stop,
+            )
+            if stats.count == 0:
+                result.partial = True
+                break
+            partial = stats.count < repeats
+            result.partial = result.partial or partial
+            records, summary = build_records(spec, stats, prediction, seed, partial, resamples)
+            result.records.extend(records)
+            result.summary.append(summary)
+            result.repeats_done[spec.key()] = stats.count
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     return result
 
 
 __all__ = [
     "Arch",
+    "Backend",
     "Device",
     "Dtype",
     "Init",

@@ -213,3 +213,18 @@ def test_c_identity_net_overflow_is_reported_not_hidden() -> None:
     assert stats.nonfinite_repeats == 2
     ok = run_configuration(spec, 2, seed=0, dtype=Dtype.float64, workers=1)
     assert ok.overflow_layer is None
+
+
+def test_worker_processes_give_the_same_bits() -> None:
+    from gradscope.simulate import Backend, make_process_pool
+
+    spec = make_spec(arch="resnet", activation="selu", depth=6, width=32, batch=16)
+    one = run_configuration(spec, 9, seed=4, workers=1)
+    pool = make_process_pool(2)
+    try:
+        procs = run_configuration(spec, 9, seed=4, workers=2, backend=Backend.processes, pool=pool)
+    finally:
+        pool.shutdown()
+    assert np.array_equal(one.norm_matrix(), procs.norm_matrix())
+    assert np.array_equal(one.forward_var_sum, procs.forward_var_sum)
+    assert np.array_equal(one.backward_var_sum, procs.backward_var_sum)

@@ -112,6 +112,13 @@ def simulate_command(
             show_default=False,
         ),
     ] = None,
+    backend: Annotated[
+        str,
+        typer.Option(
+            "--backend",
+            help="CPU workers: auto (processes for long jobs), processes or threads.",
+        ),
+    ] = "auto",
     workers: Annotated[
         int | None,
         typer.Option(
@@ -206,6 +213,7 @@ def simulate_command(
                 device=device,
                 max_memory=limit,
                 workers=workers,
+                backend=backend,
                 progress=advance,
                 stop=stop,
             )
@@ -245,15 +253,17 @@ def simulate_command(
 
 
 class _progress:
-    """A rich progress bar on stderr (repeats/s, ETA); nothing when stderr is not a terminal."""
+    """A rich progress bar on stderr (repeats/s, ETA); nothing when stderr is not a terminal.
+
+    Started at the first update, so that worker processes are forked before its thread exists.
+    """
 
     def __init__(self, total: int) -> None:
         self.total = total
         self.bar: Any = None
+        self.task: Any = None
 
-    def __enter__(self) -> Any:
-        if not sys.stderr.isatty():
-            return lambda done, total: None
+    def _start(self) -> None:
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -280,8 +290,17 @@ class _progress:
             transient=True,
         )
         self.bar.start()
-        task = self.bar.add_task("simulate", total=self.total)
-        return lambda done, total: self.bar.update(task, completed=done)
+        self.task = self.bar.add_task("simulate", total=self.total)
+
+    def update(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self._start()
+        self.bar.update(self.task, completed=done)
+
+    def __enter__(self) -> Any:
+        if not sys.stderr.isatty():
+            return lambda done, total: None
+        return self.update
 
     def __exit__(self, *exc: Any) -> None:
         if self.bar is not None:
