@@ -552,6 +552,12 @@ def make_process_pool(workers: int) -> Any:
     return pool
 
 
+def _fork_available() -> bool:
+    import multiprocessing
+
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
 def _work_flop(spec: NetSpec, repeats: int) -> float:
     return 6.0 * repeats * spec.depth * spec.batch * spec.width**2
 
@@ -600,7 +606,7 @@ def run_configuration(
             if progress:
                 progress(n)
         return stats
-    use_processes = workers > 1 and (
+    use_processes = (workers > 1 and _fork_available()) and (
         backend is Backend.processes
         or (backend is Backend.auto and _work_flop(spec, repeats) >= PROCESS_MIN_FLOP)
     )
@@ -904,6 +910,7 @@ def simulate(
         dev == "cpu"
         and n_chunk == 1
         and n_workers > 1
+        and _fork_available()
         and (
             mode is Backend.processes
             or (
