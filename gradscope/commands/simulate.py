@@ -16,9 +16,12 @@ from typing import Annotated, Any
 import typer
 
 from gradscope.commands.common import FormatOpt, OutputOpt, note, parse_list, warn
+from gradscope.commands.plot import plot_to_file
 from gradscope.errors import SpecError
+from gradscope.model import Reinit
 from gradscope.nets import Arch, Device, Dtype, Init, Norm, ResidualScale
 from gradscope.output import Format, check_output_path, emit
+from gradscope.train import Optimizer, Task
 
 _UNITS = {"": 1, "b": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 _IUNITS = {"ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30, "ti": 1 << 40}
@@ -127,6 +130,128 @@ def simulate_command(
             show_default=False,
         ),
     ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="Your own model instead of the synthetic nets: FILE.py:FUNCTION, "
+            "MODULE:FUNCTION or torchvision:NAME (runs that code, as an import would).",
+            show_default=False,
+            rich_help_panel="Your own model",
+        ),
+    ] = None,
+    model_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model-arg",
+            help="key=value passed to the model factory (a Python literal; repeatable).",
+            show_default=False,
+            rich_help_panel="Your own model",
+        ),
+    ] = None,
+    input_shape: Annotated[
+        str | None,
+        typer.Option(
+            "--input-shape",
+            help="Shape of one input sample for --model, e.g. 3,32,32 (the batch is --batch).",
+            show_default=False,
+            rich_help_panel="Your own model",
+        ),
+    ] = None,
+    reinit: Annotated[
+        Reinit,
+        typer.Option(
+            "--reinit",
+            help="Fresh parameters per repeat for --model: auto (reset_parameters() when that "
+            "reproduces the factory exactly, else the factory), factory, reset.",
+            case_sensitive=False,
+            rich_help_panel="Your own model",
+        ),
+    ] = Reinit.auto,
+    train_steps: Annotated[
+        int,
+        typer.Option(
+            "--train-steps",
+            help="Train each repeat's net this many steps and record over training (0: at "
+            "initialisation only).",
+            rich_help_panel="Training",
+        ),
+    ] = 0,
+    task: Annotated[
+        Task,
+        typer.Option(
+            "--task",
+            case_sensitive=False,
+            help="Synthetic task to train on.",
+            rich_help_panel="Training",
+        ),
+    ] = Task.teacher,
+    optimizer: Annotated[
+        Optimizer,
+        typer.Option("--optimizer", case_sensitive=False, rich_help_panel="Training"),
+    ] = Optimizer.sgd,
+    lr: Annotated[
+        float, typer.Option("--lr", help="Learning rate.", rich_help_panel="Training")
+    ] = 0.1,
+    momentum: Annotated[
+        float,
+        typer.Option("--momentum", help="For --optimizer momentum.", rich_help_panel="Training"),
+    ] = 0.9,
+    weight_decay: Annotated[
+        float, typer.Option("--weight-decay", rich_help_panel="Training")
+    ] = 0.0,
+    clip_grad_norm: Annotated[
+        float | None,
+        typer.Option(
+            "--clip-grad-norm",
+            help="Clip the total gradient norm to this value.",
+            show_default=False,
+            rich_help_panel="Training",
+        ),
+    ] = None,
+    record_every: Annotated[
+        int,
+        typer.Option(
+            "--record-every",
+            help="Record every K-th step (and the last).",
+            rich_help_panel="Training",
+        ),
+    ] = 10,
+    classes: Annotated[
+        int,
+        typer.Option(
+            "--classes",
+            help="Classes (gaussian-classes, random-labels) or teacher outputs.",
+            rich_help_panel="Training",
+        ),
+    ] = 10,
+    samples: Annotated[
+        int,
+        typer.Option(
+            "--samples", help="Size of the fixed training set.", rich_help_panel="Training"
+        ),
+    ] = 4096,
+    save_checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--save-checkpoint",
+            help="Write repeat 0's trained state dict here (readable by inspect-checkpoint).",
+            dir_okay=False,
+            show_default=False,
+            rich_help_panel="Training",
+        ),
+    ] = None,
+    growth: Annotated[
+        Path | None,
+        typer.Option(
+            "--growth",
+            help="Write the per-layer weight-norm growth check (measured "
+            "vs predicted) to this file (.csv/.json/.txt).",
+            dir_okay=False,
+            show_default=False,
+            rich_help_panel="Training",
+        ),
+    ] = None,
     summary: Annotated[
         bool,
         typer.Option("--summary", help="Output one summary record per configuration instead."),
@@ -147,9 +272,35 @@ def simulate_command(
     confidence interval, beside what theory predicts; sweep any option with a comma list.
 
     Example: gradscope simulate --activation selu,tanh,relu --norm batchnorm,none -o fig3.csv
+
+    Your own model: gradscope simulate --model examples/resnet.py:make_model --input-shape 3,32,32
+
+    Training: gradscope simulate --train-steps 500 --task gaussian-classes --weight-decay 0.02
     """
     if repeats < 1:
         raise SpecError(f"--repeats must be at least 1, got {repeats}")
+    if model is not None:
+        _run_model(
+            model,
+            model_arg or [],
+            input_shape,
+            reinit,
+            batch=batch,
+            repeats=repeats,
+            seed=seed,
+            dtype=dtype,
+            device=device,
+            summary=summary,
+            plot=plot,
+            fmt=fmt,
+            output=output,
+        )
+        return
+    for flag, value in (("--model-arg", model_arg), ("--input-shape", input_shape)):
+        if value:
+            raise SpecError(f"{flag} applies only with --model")
+    if train_steps < 0:
+        raise SpecError(f"--train-steps must be 0 or more, got {train_steps}")
     if workers is not None and workers < 1:
         raise SpecError(f"--workers must be at least 1, got {workers}")
     archs = _enum_list(Arch, arch, "arch")
@@ -171,6 +322,24 @@ def simulate_command(
         check_output_path(plot)
 
     from gradscope.simulate import build_specs, simulate
+
+    if train_steps > 0:
+        specs = build_specs(
+            arch=archs, activation=activations, norm=norms, init=inits, gain=gain, depth=depths,
+            width=widths, batch=batches, residual_scale=residual_scale,
+        )  # fmt: skip
+        _run_training(
+            specs, train_steps=train_steps, task=task, optimizer=optimizer, lr=lr,
+            momentum=momentum, weight_decay=weight_decay, clip_grad_norm=clip_grad_norm,
+            record_every=record_every, classes=classes, samples=samples, repeats=repeats,
+            seed=seed, dtype=dtype, device=device, workers=workers,
+            save_checkpoint=save_checkpoint, growth=growth, summary=summary, plot=plot,
+            fmt=fmt, output=output,
+        )  # fmt: skip
+        return
+    for flag, given in (("--save-checkpoint", save_checkpoint), ("--growth", growth)):
+        if given is not None:
+            raise SpecError(f"{flag} applies only with --train-steps")
 
     n_configs = len(
         build_specs(
@@ -244,22 +413,115 @@ def simulate_command(
         title = "simulate" + (" (partial)" if result.partial else "")
         emit(records, fmt, output, summary=None if summary else result.summary, title=title)
         if plot is not None:
-            from gradscope.plot import plot_records
-
-            plot_records(records, out=plot)
-            note(f"wrote {plot}")
+            plot_to_file(records, plot)
     if result.partial:
         raise typer.Exit(130)
 
 
+def _single(text: str, what: str) -> int:
+    values = _int_list(text, what)
+    if len(values) != 1:
+        raise SpecError(f"--{what} takes one value with --model, got {text!r}")
+    return values[0]
+
+
+def _run_model(
+    target: str, model_args: list[str], input_shape: str | None, reinit: Reinit, *, batch: str,
+    repeats: int, seed: int, dtype: Dtype, device: Device, summary: bool, plot: Path | None,
+    fmt: Format, output: Path | None,
+) -> None:  # fmt: skip
+    """``--model``: per-module gradient statistics of the user's own network."""
+    from gradscope.model import ModelSpec, model_records, parse_input_shape, parse_model_args
+    from gradscope.model import run_model as run_user_model
+    from gradscope.nets import resolve_device
+
+    if input_shape is None:
+        raise SpecError("--model needs --input-shape, the shape of one sample (e.g. 3,32,32)")
+    spec = ModelSpec(target, parse_model_args(model_args), parse_input_shape(input_shape))
+    _check_outputs(output, plot)
+    with _progress(repeats) as advance:
+        run = run_user_model(
+            spec, batch=_single(batch, "batch"), repeats=repeats, seed=seed, dtype=dtype.value,
+            device=resolve_device(device), reinit=reinit,
+            progress=lambda done: advance(done, repeats),
+        )  # fmt: skip
+    for text in run.notes:
+        note(text)
+    if run.partial:
+        warn(f"interrupted: partial results from {run.grad_norms.shape[0]} completed repeats")
+    rows, summ = model_records(run, seed=seed)
+    records: list[Any] = list(summ) if summary else list(rows)
+    title = f"simulate --model {spec.label}" + (" (partial)" if run.partial else "")
+    emit(records, fmt, output, summary=None if summary else summ, title=title)
+    if plot is not None:
+        plot_to_file(rows, plot)
+    if run.partial:
+        raise typer.Exit(130)
+
+
+def _check_outputs(*paths: Path | None) -> None:
+    for path in paths:
+        if path is not None:
+            check_output_path(path)
+
+
+def _run_training(
+    specs: list[Any], *, train_steps: int, task: Task, optimizer: Optimizer, lr: float,
+    momentum: float, weight_decay: float, clip_grad_norm: float | None, record_every: int,
+    classes: int, samples: int, repeats: int, seed: int, dtype: Dtype, device: Device,
+    workers: int | None, save_checkpoint: Path | None, growth: Path | None, summary: bool,
+    plot: Path | None, fmt: Format, output: Path | None,
+) -> None:  # fmt: skip
+    """``--train-steps``: records over training, the weight-growth check, a checkpoint."""
+    from gradscope.output import resolve_format
+    from gradscope.train import train
+
+    _check_outputs(output, plot, save_checkpoint, growth)
+    if growth is not None:
+        resolve_format(Format.auto, False, growth)  # a bad extension fails before training
+    total = train_steps * repeats * len(specs)
+    with _progress(total, unit="steps/s", label="train") as advance:
+        result = train(
+            specs, task=task, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
+            clip_grad_norm=clip_grad_norm, steps=train_steps, record_every=record_every,
+            repeats=repeats, seed=seed, classes=classes, samples=samples, momentum=momentum,
+            dtype=dtype, device=device, save_checkpoint=save_checkpoint, workers=workers,
+            progress=advance,
+        )  # fmt: skip
+    if result.weight_growth:
+        worst = max(
+            (
+                g.max_relative_error
+                for g in result.weight_growth
+                if g.max_relative_error is not None
+            ),
+            default=None,
+        )
+        basis = result.weight_growth[0].prediction_basis
+        if worst is not None:
+            note(f"weight-norm growth check ({basis}): largest relative error {worst:.2e}")
+    if growth is not None:
+        emit(result.weight_growth, Format.auto, growth, title="weight-norm growth")
+        note(f"wrote {growth}")
+    if result.checkpoint is not None:
+        note(f"wrote {result.checkpoint}")
+    records: list[Any] = list(result.summary) if summary else list(result.records)
+    emit(records, fmt, output, summary=None if summary else result.summary, title="train")
+    if plot is not None:
+        plot_to_file(records, plot)
+
+
 class _progress:
-    """A rich progress bar on stderr (repeats/s, ETA); nothing when stderr is not a terminal.
+    """A rich progress bar on stderr (repeats/s or steps/s, ETA); nothing when stderr is not a
+    terminal.
 
     Started at the first update, so that worker processes are forked before its thread exists.
     """
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, unit: str = "rep/s", label: str = "simulate") -> None:
         self.total = total
+        self.unit = unit
+        self.label = label
         self.bar: Any = None
         self.task: Any = None
 
@@ -273,15 +535,18 @@ class _progress:
             TimeRemainingColumn,
         )
 
+        outer = self
+
         class _Rate(TextColumn):
             def render(self, task: Any) -> Any:
                 from rich.text import Text
 
                 speed = task.finished_speed or task.speed
-                return Text("" if not speed or not math.isfinite(speed) else f"{speed:.0f} rep/s")
+                unit = outer.unit
+                return Text("" if not speed or not math.isfinite(speed) else f"{speed:.0f} {unit}")
 
         self.bar = Progress(
-            TextColumn("simulate"),
+            TextColumn(self.label),
             BarColumn(),
             MofNCompleteColumn(),
             _Rate(""),
@@ -290,7 +555,7 @@ class _progress:
             transient=True,
         )
         self.bar.start()
-        self.task = self.bar.add_task("simulate", total=self.total)
+        self.task = self.bar.add_task(self.label, total=self.total)
 
     def update(self, done: int, total: int) -> None:
         if self.bar is None:
