@@ -374,13 +374,20 @@ class _Recorder:
 
 
 def _per_sample_variance(t: Any) -> float:
-    """Variance over the batch of each element, averaged over elements (Remark B.2)."""
+    """Variance over the batch of each element, averaged over elements (Remark B.2).
+
+    Computed as mean(x²) − mean over elements of (batch mean)², with float64 accumulation:
+    two reductions in the tensor's own dtype instead of a float64 copy of the activation.
+    """
     import torch
 
     if not isinstance(t, torch.Tensor) or t.dim() < 1 or t.shape[0] < 2:
         return math.nan
-    d = t.detach().reshape(t.shape[0], -1).to(torch.float64)
-    return float(d.var(dim=0, unbiased=False).mean())
+    d = t.detach().reshape(t.shape[0], -1)
+    batch, elements = d.shape
+    second = torch.sum(d * d, dtype=torch.float64) / (batch * elements)
+    means = d.mean(dim=0, dtype=torch.float64)
+    return float(second - (means * means).mean())
 
 
 def run_model(

@@ -236,3 +236,13 @@ def test_seeded_runs_are_identical() -> None:
     c = run_model(spec, batch=4, repeats=2, seed=4)
     np.testing.assert_array_equal(a.grad_norms, b.grad_norms)
     assert not np.array_equal(a.grad_norms, c.grad_norms)
+
+
+def test_per_sample_variance_matches_its_definition() -> None:
+    from gradscope.model import _per_sample_variance
+
+    gen = torch.Generator().manual_seed(0)
+    t = 3.0 + 2.0 * torch.randn(16, 4, 5, 5, generator=gen)
+    expected = float(t.double().reshape(16, -1).var(dim=0, unbiased=False).mean())
+    assert _per_sample_variance(t) == pytest.approx(expected, rel=1e-6)
+    assert math.isnan(_per_sample_variance(torch.ones(1, 3)))
