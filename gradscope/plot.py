@@ -56,7 +56,7 @@ _SIMULATE_CHECKS = {"prediction_in_ci", "rate_deviation", "overflow_repeats", "p
 _LAYER_COLUMNS = _SIMULATE_CHECKS | {
     "layer", "grad_norm_mean", "grad_norm_std", "grad_norm_sem", "grad_norm_ci_low",
     "grad_norm_ci_high", "forward_var", "backward_var", "predicted_grad_norm", "module",
-    "module_type",
+    "module_type", "param_count", "path", "block",
 }  # fmt: skip
 _SWEEP_COLUMNS = _SIMULATE_CHECKS | {
     "fitted_rate", "fitted_rate_ci_low", "fitted_rate_ci_high", "predicted_rate", "r_squared",
