@@ -26,6 +26,24 @@ if TYPE_CHECKING:
 class Arch(str, Enum):
     plain = "plain"
     resnet = "resnet"
+    plain_conv = "plain-conv"
+    resnet_conv = "resnet-conv"
+
+    @property
+    def is_conv(self) -> bool:
+        return self in (Arch.plain_conv, Arch.resnet_conv)
+
+    @property
+    def is_resnet(self) -> bool:
+        return self in (Arch.resnet, Arch.resnet_conv)
+
+
+class NormPosition(str, Enum):
+    """Where a residual block normalises: after each weight layer (the paper's basic block,
+    ``post``) or at the start of each branch layer, x + W2·g(norm(W1·g(norm(x)))) (``pre``)."""
+
+    post = "post"
+    pre = "pre"
 
 
 class Norm(str, Enum):
@@ -62,7 +80,9 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
-NORM_EPS = 1e-5  # PyTorch's BatchNorm1d / LayerNorm default
+NORM_EPS = 1e-5
+CONV_KERNEL = 3  # 3×3 convolutions, stride 1, zero padding 1 (the spatial size is kept)
+DEFAULT_IMAGE_SIZE = 32  # PyTorch's BatchNorm1d / LayerNorm default
 # Truncated at ±2σ, a standard normal keeps this std; dividing by it restores the variance
 # (TensorFlow's variance_scaling does the same).
 TRUNC_STD = 0.87962566103423978
@@ -104,9 +124,48 @@ class NetSpec:
     width: int
     batch: int
     residual_scale: ResidualScale = ResidualScale.none
+    norm_position: NormPosition = NormPosition.post
+    # Conv archs only (0 for the MLPs): input images are image_size × image_size; a 2×2
+    # max-pool follows every pool_every-th layer (0: none; never after the last layer); with
+    # double_channels the channel count doubles at each pool, as in VGG.
+    image_size: int = 0
+    pool_every: int = 0
+    double_channels: bool = False
 
     def __post_init__(self) -> None:
         validate(self)
+
+    @property
+    def pools_after(self) -> tuple[int, ...]:
+        """The layers (1-based) that a 2×2 max-pool follows."""
+        if not self.pool_every:
+            return ()
+        return tuple(range(self.pool_every, self.depth, self.pool_every))
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        """Channels (units for the MLPs) of the input, then of every layer's output: L+1 values."""
+        out = [self.width]
+        pools = set(self.pools_after)
+        for layer in range(1, self.depth + 1):
+            c = out[-1]
+            if self.double_channels and (layer - 1) in pools:
+                c *= 2  # the first conv after a pool doubles the channels
+            out.append(c)
+        return tuple(out)
+
+    @property
+    def spatial(self) -> tuple[int, ...]:
+        """Positions (H·W) of every layer's conv output, layer 1 first (1 for the MLPs)."""
+        if not self.arch.is_conv:
+            return tuple(1 for _ in range(self.depth))
+        size, out = self.image_size, []
+        pools = set(self.pools_after)
+        for layer in range(1, self.depth + 1):
+            out.append(size * size)
+            if layer in pools:
+                size //= 2
+        return tuple(out)
 
     @property
     def sigma_w2(self) -> float:
@@ -120,8 +179,9 @@ class NetSpec:
 
     @property
     def branch_scale(self) -> float:
-        """Multiplier of the residual branch's normalised output (γ of its last norm)."""
-        if self.arch is not Arch.resnet or self.residual_scale is ResidualScale.none:
+        """Multiplier of the residual branch's output: γ of its last norm (post-norm), or the
+        factor on W2's output (pre-norm, where zero-γ is zero-initialised branch output)."""
+        if not self.arch.is_resnet or self.residual_scale is ResidualScale.none:
             return 1.0
         if self.residual_scale is ResidualScale.zero_gamma:
             return 0.0
@@ -141,6 +201,22 @@ class NetSpec:
                 str(self.batch),
                 self.residual_scale.value,
             ]
+            # Extra parts only when they differ from the MLP defaults, so the MLP seeds (and
+            # outputs) are the same as before these options existed.
+            + (
+                [f"norm-position={self.norm_position.value}"]
+                if self.norm_position.value != "post"
+                else []
+            )
+            + (
+                [
+                    f"image={self.image_size}",
+                    f"pool={self.pool_every}",
+                    f"double={self.double_channels}",
+                ]
+                if self.arch.is_conv
+                else []
+            )
         )
 
 
@@ -160,19 +236,67 @@ def validate(spec: NetSpec) -> None:
         raise SpecError(f"layernorm needs a width of at least 2, got {spec.width}")
     if not (math.isfinite(spec.gain) and spec.gain > 0):
         raise SpecError(f"gain must be a positive number, got {spec.gain:g}")
-    if spec.arch is Arch.resnet and spec.depth % 2:
+    if spec.arch.is_resnet and spec.depth % 2:
         raise SpecError(
             f"a resnet has a skip every two layers, so its depth must be even, got {spec.depth}"
         )
-    if spec.arch is Arch.plain and spec.residual_scale is not ResidualScale.none:
+    if not spec.arch.is_resnet and spec.residual_scale is not ResidualScale.none:
         raise SpecError(
             f"--residual-scale {spec.residual_scale.value} applies to --arch resnet only"
         )
+    if not spec.arch.is_resnet and spec.norm_position is not NormPosition.post:
+        raise SpecError(
+            f"--norm-position {spec.norm_position.value} applies to the resnet archs only, "
+            f"not {spec.arch.value}"
+        )
+    _validate_conv(spec)
     if spec.residual_scale is ResidualScale.zero_gamma and spec.norm is Norm.none:
         raise SpecError(
             "--residual-scale zero-gamma zeroes the γ of the branch's last norm layer; "
             "with --norm none there is none"
         )
+
+
+def _validate_conv(spec: NetSpec) -> None:
+    if not spec.arch.is_conv:
+        if spec.pool_every:
+            raise SpecError(
+                f"--pool-every {spec.pool_every} applies to the conv archs only, "
+                f"not {spec.arch.value}"
+            )
+        if spec.image_size:
+            raise SpecError(
+                f"--image-size {spec.image_size} applies to the conv archs only, "
+                f"not {spec.arch.value}"
+            )
+        if spec.double_channels:
+            raise SpecError(
+                f"doubling channels applies to the conv archs only, not {spec.arch.value}"
+            )
+        return
+    if spec.image_size < 1:
+        raise SpecError(f"image size must be at least 1, got {spec.image_size}")
+    if spec.pool_every < 0:
+        raise SpecError(f"--pool-every must be 0 (no pooling) or positive, got {spec.pool_every}")
+    pools = len(spec.pools_after)
+    if spec.image_size < 2**pools:
+        raise SpecError(
+            f"image size {spec.image_size} is too small for {pools} 2×2 max-pools "
+            f"(every {spec.pool_every} of {spec.depth} layers); it needs at least {2**pools}"
+        )
+    if spec.arch is Arch.resnet_conv and spec.pool_every % 2:
+        raise SpecError(
+            f"--pool-every {spec.pool_every} would pool inside a residual block; "
+            "use an even number with resnet-conv"
+        )
+    if spec.arch is Arch.resnet_conv and spec.double_channels:
+        raise SpecError(
+            "doubling channels at the pools needs projection shortcuts: plain-conv only"
+        )
+    if spec.norm is Norm.layernorm and spec.width * spec.image_size**2 < 2:
+        raise SpecError("layernorm needs at least two values per sample")
+    if spec.init in (Init.orthogonal, Init.identity):
+        raise SpecError(f"--init {spec.init.value} is not available for the conv archs")
 
 
 def repeat_seed(seed: int, spec: NetSpec, repeat: int) -> int:

@@ -35,6 +35,7 @@ import numpy as np
 from gradscope.activations import SELU_ALPHA, SELU_SCALE, ActivationSpec, parse_activation
 from gradscope.errors import ResourceError, SpecError
 from gradscope.nets import (
+    DEFAULT_IMAGE_SIZE,
     NORM_EPS,
     Arch,
     Device,
@@ -42,6 +43,7 @@ from gradscope.nets import (
     Init,
     NetSpec,
     Norm,
+    NormPosition,
     RepeatDraw,
     ResidualScale,
     draw_repeat,
@@ -68,15 +70,20 @@ class SimulateRecord:
 
     arch: str
     residual_scale: str
+    norm_position: str
     activation: str
     norm: str
     init: str
     gain: float
     depth: int
     width: int
+    image_size: int | None
+    pool_every: int | None
     batch: int
     repeats: int
     layer: int
+    channels: int
+    spatial: int
     grad_norm_mean: float
     grad_norm_std: float | None
     grad_norm_sem: float | None
@@ -84,7 +91,10 @@ class SimulateRecord:
     grad_norm_ci_high: float | None
     forward_var: float
     backward_var: float
+    pool_input_var: float | None
+    pool_input_backward_var: float | None
     predicted_grad_norm: float | None
+    predicted_backward_var: float | None
     prediction_in_ci: bool | None
 
 
@@ -94,12 +104,15 @@ class SimulateSummary:
 
     arch: str
     residual_scale: str
+    norm_position: str
     activation: str
     norm: str
     init: str
     gain: float
     depth: int
     width: int
+    image_size: int | None
+    pool_every: int | None
     batch: int
     repeats: int
     fitted_rate: float | None
@@ -114,6 +127,13 @@ class SimulateSummary:
     rate_last_half: float | None
     overflow_layer: int | None
     overflow_repeats: int
+    # Conv nets with pools: mean over the pools of the measured forward ratio
+    # Var[pool output]/Var[pool input] and backward ratio Var[∂ at input]/Var[∂ at output],
+    # beside theory's (max of 4 iid Gaussians through the activation).
+    pool_forward_ratio: float | None
+    pool_backward_ratio: float | None
+    predicted_pool_forward_ratio: float | None
+    predicted_pool_backward_ratio: float | None
     partial: bool
     prediction_basis: str
 
@@ -161,6 +181,14 @@ def estimate_memory(spec: NetSpec, repeats: int, dtype: Dtype, in_flight: int) -
     1000 bootstrap resamples.
     """
     item = 4 if dtype is Dtype.float32 else 8
+    if spec.arch.is_conv:
+        # Weights, and about 8 tensors of batch·C·H·W per layer (forward kept, backward
+        # temporaries, pool indices).
+        ch, pos = spec.channels, spec.spatial
+        weights = sum(9 * ch[i] * ch[i + 1] for i in range(spec.depth))
+        acts = sum(spec.batch * ch[i + 1] * pos[i] for i in range(spec.depth))
+        per_conv = item * (weights + 8 * acts + 2 * spec.batch * ch[0] * pos[0])
+        return in_flight * per_conv + 8 * spec.depth * repeats + 8 * 250 * repeats * 2
     bw = spec.batch * spec.width
     per_repeat = item * (
         spec.depth * spec.width * spec.width + (4 * spec.depth + 8) * bw + 2 * spec.width**2
@@ -318,6 +346,8 @@ def forward_backward(
 
     act_fn = act_fn or spec.activation.torch_fn()
     act_back = act_back or activation_backward(spec.activation)
+    if spec.arch is Arch.resnet and spec.norm_position is NormPosition.pre:
+        return _prenorm_forward_backward(spec, weights, x, dy, act_fn, act_back, wide_stats)
     depth, norm, resnet = spec.depth, spec.norm, spec.arch is Arch.resnet
     scale = spec.branch_scale
     stacked = weights.dim() == 4
@@ -368,7 +398,68 @@ def forward_backward(
         return RepeatOutput(torch.stack(norms, -1), fvar, torch.stack(bvars, -1))
 
 
-def _overflow_layer(out: RepeatOutput, depth: int) -> int | None:
+def _prenorm_forward_backward(
+    spec: NetSpec,
+    weights: torch.Tensor,
+    x: torch.Tensor,
+    dy: torch.Tensor,
+    act_fn: Callable[[Any], Any],
+    act_back: Callable[[Any, Any, Any], Any],
+    wide_stats: bool,
+) -> RepeatOutput:
+    """Pre-norm blocks x_{k+1} = x_k + s·W2·g(norm(W1·g(norm(x_k)))) (pre-activation ResNet).
+
+    Layer 2k+1 (W1) reports the derivative at the block input x_k (the stream, skip included)
+    and the variance of g(norm(W1·…)), the input of W2; layer 2k+2 (W2) the derivative at its
+    input and the variance of x_{k+1}. The net's output is the stream x_{L/2}.
+    """
+    import torch
+
+    norm, scale = spec.norm, spec.branch_scale
+    stacked = weights.dim() == 4
+    w_of = (lambda i: weights[:, i]) if stacked else (lambda i: weights[i])
+    wide = torch.float64 if wide_stats else None
+    blocks = spec.depth // 2
+    with torch.no_grad():
+        stream = x
+        saved = []
+        fvar: list[torch.Tensor] = []
+        for k in range(blocks):
+            w1, w2 = w_of(2 * k), w_of(2 * k + 1)
+            n1, s1 = _norm_forward(norm, stream)
+            a1 = act_fn(n1)
+            h1 = torch.matmul(a1, w1.transpose(-1, -2))
+            n2, s2 = _norm_forward(norm, h1)
+            a2 = act_fn(n2)
+            h2 = torch.matmul(a2, w2.transpose(-1, -2))
+            new = stream + h2 * scale if scale != 1.0 else stream + h2
+            fvar += [_unit_var(a2, wide_stats), _unit_var(new, wide_stats)]
+            saved.append((stream, s1, n1, a1, h1, s2, n2, a2))
+            stream = new
+        norms: list[torch.Tensor] = [dy.new_empty(())] * spec.depth
+        bvars: list[torch.Tensor] = [dy.new_empty(())] * spec.depth
+        g = dy
+        for k in range(blocks - 1, -1, -1):
+            stream, s1, n1, a1, h1, s2, n2, a2 = saved[k]
+            w1, w2 = w_of(2 * k), w_of(2 * k + 1)
+            dh2 = g * scale if scale != 1.0 else g
+            norms[2 * k + 1] = torch.linalg.vector_norm(
+                torch.matmul(dh2.transpose(-1, -2), a2), dim=(-2, -1), dtype=wide
+            )
+            da2 = torch.matmul(dh2, w2)
+            bvars[2 * k + 1] = _unit_var(da2, wide_stats)
+            dh1 = _norm_backward(norm, act_back(da2, n2, a2), h1, s2)
+            norms[2 * k] = torch.linalg.vector_norm(
+                torch.matmul(dh1.transpose(-1, -2), a1), dim=(-2, -1), dtype=wide
+            )
+            da1 = torch.matmul(dh1, w1)
+            g = g + _norm_backward(norm, act_back(da1, n1, a1), stream, s1)
+            bvars[2 * k] = _unit_var(g, wide_stats)
+            saved[k] = None  # type: ignore[call-overload]
+        return RepeatOutput(torch.stack(norms, -1), torch.stack(fvar, -1), torch.stack(bvars, -1))
+
+
+def _overflow_layer(out: Any, depth: int) -> int | None:
     """First layer, in the order computed (forward 1→L, then backward L→1), with inf/NaN."""
     fv = out.forward_var.cpu().numpy()
     bad = np.flatnonzero(~np.isfinite(fv))
@@ -403,6 +494,8 @@ def _run_one(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int | None]:
     import torch
 
+    if spec.arch.is_conv:
+        return _run_one_conv(spec, seed, repeat, dtype, device, local, act)
     draw = getattr(local, "draw", None)
     if (
         draw is None
@@ -430,6 +523,40 @@ def _run_one(
     )
 
 
+def _run_one_conv(
+    spec: NetSpec,
+    seed: int,
+    repeat: int,
+    dtype: Dtype,
+    device: str,
+    local: threading.local,
+    act: tuple[Any, Any],
+) -> RepeatValues:
+    import torch
+
+    from gradscope.convnets import conv_forward_backward, draw_conv_repeat
+
+    draw = getattr(local, "conv_draw", None)
+    if getattr(local, "conv_spec", None) != (spec.channels, spec.spatial, spec.batch, dtype):
+        draw = None
+    draw = draw_conv_repeat(spec, seed, repeat, dtype, device, out=draw)
+    local.conv_draw = draw
+    local.conv_spec = (spec.channels, spec.spatial, spec.batch, dtype)
+    out = conv_forward_backward(spec, draw.weights, draw.x, draw.dy, *act)
+    layer = _overflow_layer(out, spec.depth)
+    if layer is not None and draw.x.dtype != torch.float64:
+        out = conv_forward_backward(spec, draw.weights, draw.x, draw.dy, *act, wide_stats=True)
+        layer = _overflow_layer(out, spec.depth)
+    return (
+        out.grad_norm.double().cpu().numpy(),
+        out.forward_var.double().cpu().numpy(),
+        out.backward_var.double().cpu().numpy(),
+        layer,
+        out.pool_input_var.double().cpu().numpy(),
+        out.pool_input_backward_var.double().cpu().numpy(),
+    )
+
+
 def _run_stack(
     spec: NetSpec,
     seed: int,
@@ -439,8 +566,15 @@ def _run_stack(
     device: str,
     act: tuple[Any, Any],
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, int | None]]:
-    """``count`` repeats stacked on a leading dimension (batched matmuls; the GPU path)."""
+    """``count`` repeats stacked on a leading dimension (batched matmuls; the GPU path).
+
+    Conv nets are not stacked: their repeats run one after the other.
+    """
     import torch
+
+    if spec.arch.is_conv:
+        local = threading.local()
+        return [_run_one(spec, seed, first + k, dtype, device, local, act) for k in range(count)]
 
     tdt = torch_dtype(dtype)
     d, w, b = spec.depth, spec.width, spec.batch
@@ -462,11 +596,20 @@ def _run_stack(
     return results
 
 
-RepeatValues = tuple[np.ndarray, np.ndarray, np.ndarray, int | None]
+# (grad norms, forward vars, backward vars, overflow layer[, pool input var, its derivative's])
+RepeatValues = tuple[Any, ...]
 
 
 def _add(stats: LayerStats, res: RepeatValues) -> None:
-    stats.add(res[0], res[1], res[2], overflow_layer=res[3])
+    pools = (res[4], res[5]) if len(res) > 4 else (None, None)
+    stats.add(
+        res[0],
+        res[1],
+        res[2],
+        overflow_layer=res[3],
+        pool_input_var=pools[0],
+        pool_input_backward_var=pools[1],
+    )
 
 
 @contextlib.contextmanager
@@ -559,6 +702,10 @@ def _fork_available() -> bool:
 
 
 def _work_flop(spec: NetSpec, repeats: int) -> float:
+    if spec.arch.is_conv:
+        from gradscope.convnets import conv_flop
+
+        return repeats * conv_flop(spec)
     return 6.0 * repeats * spec.depth * spec.batch * spec.width**2
 
 
@@ -689,12 +836,15 @@ def build_records(
     config: dict[str, Any] = {
         "arch": spec.arch.value,
         "residual_scale": spec.residual_scale.value,
+        "norm_position": spec.norm_position.value,
         "activation": spec.activation.label,
         "norm": spec.norm.value,
         "init": spec.init.value,
         "gain": float(spec.gain),
         "depth": spec.depth,
         "width": spec.width,
+        "image_size": spec.image_size if spec.arch.is_conv else None,
+        "pool_every": spec.pool_every if spec.arch.is_conv else None,
         "batch": spec.batch,
         "repeats": n,
     }
@@ -703,6 +853,12 @@ def build_records(
     predicted: list[float | None] = [None] * spec.depth
     if rel is not None and math.isfinite(anchor):
         predicted = [anchor * r for r in rel]
+    back_anchor = float(s.backward_var[-1])
+    back_rel = prediction.backward_relative
+    predicted_back: list[float | None] = [None] * spec.depth
+    if back_rel is not None and math.isfinite(back_anchor):
+        predicted_back = [back_anchor * r for r in back_rel]
+    pools = set(spec.pools_after)
     records = []
     for i in range(spec.depth):
         p = predicted[i]
@@ -716,6 +872,8 @@ def build_records(
             SimulateRecord(
                 **config,
                 layer=i + 1,
+                channels=spec.channels[i + 1],
+                spatial=spec.spatial[i],
                 grad_norm_mean=float(s.mean[i]),
                 grad_norm_std=_num(float(s.std[i])),
                 grad_norm_sem=_num(float(s.sem[i])),
@@ -723,7 +881,12 @@ def build_records(
                 grad_norm_ci_high=_num(hi),
                 forward_var=float(s.forward_var[i]),
                 backward_var=float(s.backward_var[i]),
+                pool_input_var=_num(float(s.pool_input_var[i])) if i + 1 in pools else None,
+                pool_input_backward_var=(
+                    _num(float(s.pool_input_backward_var[i])) if i + 1 in pools else None
+                ),
                 predicted_grad_norm=p,
+                predicted_backward_var=predicted_back[i],
                 prediction_in_ci=in_ci,
             )
         )
@@ -754,10 +917,34 @@ def build_records(
         rate_last_half=_num(last),
         overflow_layer=stats.overflow_layer,
         overflow_repeats=stats.nonfinite_repeats,
+        **_pool_ratios(spec, s, prediction),
         partial=partial,
         prediction_basis=prediction.basis,
     )
     return records, summary
+
+
+def _pool_ratios(spec: NetSpec, s: Any, prediction: Prediction) -> dict[str, Any]:
+    """Mean over the pools of the measured ratios (of averaged variances), and theory's."""
+    out: dict[str, float | None] = {
+        "pool_forward_ratio": None,
+        "pool_backward_ratio": None,
+        "predicted_pool_forward_ratio": None,
+        "predicted_pool_backward_ratio": None,
+    }
+    layers = [layer - 1 for layer in spec.pools_after]
+    if not layers:
+        return out
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        fwd = [s.forward_var[i] / s.pool_input_var[i] for i in layers]
+        # The derivative at the pool's output is the derivative at the next layer's input.
+        back = [s.pool_input_backward_var[i] / s.backward_var[i + 1] for i in layers]
+    out["pool_forward_ratio"] = _num(float(np.mean(fwd)))
+    out["pool_backward_ratio"] = _num(float(np.mean(back)))
+    if prediction.pool_ratios is not None:
+        out["predicted_pool_forward_ratio"] = prediction.pool_ratios[0]
+        out["predicted_pool_backward_ratio"] = prediction.pool_ratios[1]
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -781,6 +968,10 @@ def build_specs(
     width: int | Sequence[int] = 256,
     batch: int | Sequence[int] = 128,
     residual_scale: ResidualScale | str = ResidualScale.none,
+    norm_position: NormPosition | str | Sequence[NormPosition | str] = NormPosition.post,
+    image_size: int | None = None,
+    pool_every: int | None = None,
+    double_channels: bool = False,
 ) -> list[NetSpec]:
     """The grid of configurations (activation, norm, arch, init, depth, width, batch order)."""
     archs = [_enum(Arch, a, "arch") for a in _as_list(arch)]
@@ -790,31 +981,58 @@ def build_specs(
     norms = [_enum(Norm, n, "norm") for n in _as_list(norm)]
     inits = [_enum(Init, i, "init") for i in _as_list(init)]
     rscale = _enum(ResidualScale, residual_scale, "residual-scale")
-    if rscale is not ResidualScale.none and Arch.resnet not in archs:
+    positions = [_enum(NormPosition, p, "norm-position") for p in _as_list(norm_position)]
+    resnets = [a for a in archs if a.is_resnet]
+    convs = [a for a in archs if a.is_conv]
+    if rscale is not ResidualScale.none and not resnets:
         raise SpecError(f"--residual-scale {rscale.value} applies to --arch resnet only")
+    if any(p is not NormPosition.post for p in positions) and not resnets:
+        raise SpecError(f"--norm-position {positions[-1].value} applies to the resnet archs only")
+    if not convs:
+        if pool_every:
+            raise SpecError(
+                f"--pool-every {pool_every} applies to the conv archs "
+                "(plain-conv, resnet-conv) only"
+            )
+        if image_size is not None:
+            raise SpecError(
+                f"--image-size {image_size} applies to the conv archs "
+                "(plain-conv, resnet-conv) only"
+            )
     specs: list[NetSpec] = []
     for a in acts:
         for nm in norms:
             for ar in archs:
-                for it in inits:
-                    for d in _as_list(depth):
-                        for w in _as_list(width):
-                            for b in _as_list(batch):
-                                spec = NetSpec(
-                                    arch=ar,
-                                    activation=a,
-                                    norm=nm,
-                                    init=resolve_init(it, a),
-                                    gain=float(gain),
-                                    depth=int(d),
-                                    width=int(w),
-                                    batch=int(b),
-                                    residual_scale=rscale
-                                    if ar is Arch.resnet
-                                    else ResidualScale.none,
-                                )
-                                if spec not in specs:
-                                    specs.append(spec)
+                for pos in positions if ar.is_resnet else [NormPosition.post]:
+                    for it in inits:
+                        for d in _as_list(depth):
+                            for w in _as_list(width):
+                                for b in _as_list(batch):
+                                    spec = NetSpec(
+                                        arch=ar,
+                                        activation=a,
+                                        norm=nm,
+                                        init=resolve_init(it, a),
+                                        gain=float(gain),
+                                        depth=int(d),
+                                        width=int(w),
+                                        batch=int(b),
+                                        residual_scale=rscale
+                                        if ar.is_resnet
+                                        else ResidualScale.none,
+                                        norm_position=pos,
+                                        image_size=(
+                                            DEFAULT_IMAGE_SIZE
+                                            if image_size is None
+                                            else int(image_size)
+                                        )
+                                        if ar.is_conv
+                                        else 0,
+                                        pool_every=int(pool_every or 0) if ar.is_conv else 0,
+                                        double_channels=bool(double_channels) and ar.is_conv,
+                                    )
+                                    if spec not in specs:
+                                        specs.append(spec)
     return specs
 
 
@@ -837,6 +1055,10 @@ def simulate(
     width: int | Sequence[int] = 256,
     batch: int | Sequence[int] = 128,
     residual_scale: ResidualScale | str = ResidualScale.none,
+    norm_position: NormPosition | str | Sequence[NormPosition | str] = NormPosition.post,
+    image_size: int | None = None,
+    pool_every: int | None = None,
+    double_channels: bool = False,
     repeats: int = 256,
     seed: int = 0,
     dtype: Dtype | str = Dtype.float32,
@@ -881,6 +1103,10 @@ def simulate(
         width=width,
         batch=batch,
         residual_scale=residual_scale,
+        norm_position=norm_position,
+        image_size=image_size,
+        pool_every=pool_every,
+        double_channels=double_channels,
     )
     n_workers = workers or default_workers(dev)
     n_chunk = chunk or (1 if dev == "cpu" else 64)
@@ -960,6 +1186,7 @@ __all__ = [
     "Dtype",
     "Init",
     "Norm",
+    "NormPosition",
     "ResidualScale",
     "SimulateRecord",
     "SimulateSummary",

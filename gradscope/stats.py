@@ -25,6 +25,9 @@ class LayerStats:
     grad_sumsq: np.ndarray = field(init=False)
     forward_var_sum: np.ndarray = field(init=False)
     backward_var_sum: np.ndarray = field(init=False)
+    # Conv nets: variance of the max-pool's input and of the derivative there (NaN: no pool).
+    pool_input_var_sum: np.ndarray = field(init=False)
+    pool_input_backward_var_sum: np.ndarray = field(init=False)
     # Per-repeat gradient norms, one (depth,) row per repeat, in repeat order.
     norms: list[np.ndarray] = field(default_factory=list)
     nonfinite_repeats: int = 0
@@ -37,6 +40,8 @@ class LayerStats:
         self.grad_sumsq = zeros.copy()
         self.forward_var_sum = zeros.copy()
         self.backward_var_sum = zeros.copy()
+        self.pool_input_var_sum = zeros.copy()
+        self.pool_input_backward_var_sum = zeros.copy()
 
     def add(
         self,
@@ -44,14 +49,21 @@ class LayerStats:
         forward_var: np.ndarray,
         backward_var: np.ndarray,
         overflow_layer: int | None = None,
+        pool_input_var: np.ndarray | None = None,
+        pool_input_backward_var: np.ndarray | None = None,
     ) -> None:
-        """Add one repeat (arrays of shape (depth,), layer 1 first)."""
+        """Add one repeat (arrays of shape (depth,), layer 1 first; pool arrays NaN where no
+        pool follows the layer, or None for none at all)."""
         g = np.asarray(grad_norm, dtype=np.float64)
         self.count += 1
         self.grad_sum += g
         self.grad_sumsq += g * g
         self.forward_var_sum += forward_var
         self.backward_var_sum += backward_var
+        if pool_input_var is not None:
+            self.pool_input_var_sum += pool_input_var
+        if pool_input_backward_var is not None:
+            self.pool_input_backward_var_sum += pool_input_backward_var
         self.norms.append(g)
         if overflow_layer is not None:
             self.nonfinite_repeats += 1
@@ -65,6 +77,10 @@ class LayerStats:
         out.grad_sumsq = self.grad_sumsq + other.grad_sumsq
         out.forward_var_sum = self.forward_var_sum + other.forward_var_sum
         out.backward_var_sum = self.backward_var_sum + other.backward_var_sum
+        out.pool_input_var_sum = self.pool_input_var_sum + other.pool_input_var_sum
+        out.pool_input_backward_var_sum = (
+            self.pool_input_backward_var_sum + other.pool_input_backward_var_sum
+        )
         out.norms = [*self.norms, *other.norms]
         out.nonfinite_repeats = self.nonfinite_repeats + other.nonfinite_repeats
         out.overflow_layer = _first(self.overflow_layer, other.overflow_layer)
@@ -100,6 +116,8 @@ class LayerStats:
                 ci_high=ci_high,
                 forward_var=self.forward_var_sum / n,
                 backward_var=self.backward_var_sum / n,
+                pool_input_var=self.pool_input_var_sum / n,
+                pool_input_backward_var=self.pool_input_backward_var_sum / n,
             )
 
 
@@ -120,6 +138,8 @@ class LayerSummary:
     ci_high: np.ndarray
     forward_var: np.ndarray
     backward_var: np.ndarray
+    pool_input_var: np.ndarray
+    pool_input_backward_var: np.ndarray
 
 
 def log_linear_rate(values: np.ndarray) -> tuple[float, float]:

@@ -20,9 +20,11 @@ from gradscope.records import parse_csv
 runner = CliRunner()
 SMALL = ["--depth", "4", "--width", "16", "--batch", "8", "--repeats", "4"]
 COLUMNS = (
-    "arch,residual_scale,activation,norm,init,gain,depth,width,batch,repeats,layer,"
+    "arch,residual_scale,norm_position,activation,norm,init,gain,depth,width,image_size,"
+    "pool_every,batch,repeats,layer,channels,spatial,"
     "grad_norm_mean,grad_norm_std,grad_norm_sem,grad_norm_ci_low,grad_norm_ci_high,"
-    "forward_var,backward_var,predicted_grad_norm,prediction_in_ci"
+    "forward_var,backward_var,pool_input_var,pool_input_backward_var,predicted_grad_norm,"
+    "predicted_backward_var,prediction_in_ci"
 )
 
 

@@ -1,0 +1,391 @@
+"""The conv archs of ``simulate``: random draws and a hand-written forward/backward of one repeat.
+
+Layer l is a 3×3 convolution (stride 1, zero padding 1, no bias) → norm → activation, on
+images of ``spec.image_size``², with a 2×2 max-pool after every ``spec.pool_every``-th layer
+(never after the last). ``resnet-conv`` adds a skip every two layers like the MLP ``resnet``
+(post-norm: the paper's basic block; pre-norm: x + W2·g(norm(W1·g(norm(x))))).
+
+The backward is written out with the ATen kernels autograd itself calls
+(``convolution_backward`` gives the input and weight gradients in one call, then the fused
+norm, activation and max-pool backward kernels), on channels_last tensors, without building a
+graph. Norms: BatchNorm2d statistics (per channel over batch and positions) or LayerNorm over
+each sample's (C, H, W) values (GroupNorm with one group), neither with an affine transform.
+
+Statistics: a variance is per channel over the batch and the positions, averaged over channels
+(for the MLPs: per unit over the batch). Per layer: the weight gradient's Frobenius norm, the
+variance of the layer's output as the next layer sees it (after the pool, if one follows), the
+variance of the derivative at the layer's input and, where a pool follows the layer, the
+variance of the pool's input and of the derivative there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from gradscope.errors import SpecError
+from gradscope.nets import (
+    CONV_KERNEL,
+    NORM_EPS,
+    TRUNC_STD,
+    Arch,
+    Dtype,
+    Init,
+    NetSpec,
+    Norm,
+    NormPosition,
+    repeat_seed,
+    torch_dtype,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+
+def conv_weight_std(spec: NetSpec, c_in: int, c_out: int) -> float:
+    """The std of one weight of a c_in → c_out 3×3 conv (fan_in = 9·c_in), gain included."""
+    k2 = CONV_KERNEL * CONV_KERNEL
+    fan_in, fan_out = k2 * c_in, k2 * c_out
+    scale = {
+        Init.he: 2.0 / fan_in,
+        Init.truncated_normal: 2.0 / fan_in,
+        Init.lecun: 1.0 / fan_in,
+        Init.xavier_normal: 2.0 / (fan_in + fan_out),
+        Init.xavier_uniform: 2.0 / (fan_in + fan_out),
+    }.get(spec.init)
+    if scale is None:
+        raise SpecError(f"--init {spec.init.value} is not available for the conv archs")
+    return spec.gain * math.sqrt(scale)
+
+
+@dataclass
+class ConvDraw:
+    """One repeat: ``weights[l]`` (c_out, c_in, 3, 3) channels_last, ``x`` (batch, C, S, S),
+    ``dy`` like the last layer's output; all channels_last."""
+
+    weights: list[torch.Tensor]
+    x: torch.Tensor
+    dy: torch.Tensor
+
+
+def draw_conv_repeat(
+    spec: NetSpec,
+    seed: int,
+    repeat: int,
+    dtype: Dtype = Dtype.float32,
+    device: str = "cpu",
+    out: ConvDraw | None = None,
+) -> ConvDraw:
+    """Weights (layer 1 first), then the N(0, 1) input, then the output derivative
+    N(0, 1/(C·H·W)) (the MLP's N(0, 1/width), per sample), from the repeat's own generator."""
+    import torch
+
+    cl = torch.channels_last
+    tdt = torch_dtype(dtype)
+    ch, size = spec.channels, spec.image_size
+    last = int(math.isqrt(spec.spatial[-1]))
+    if out is None:
+        k = CONV_KERNEL
+        out = ConvDraw(
+            weights=[
+                torch.empty(ch[i + 1], ch[i], k, k, dtype=tdt, device=device).to(memory_format=cl)
+                for i in range(spec.depth)
+            ],
+            x=torch.empty(spec.batch, ch[0], size, size, dtype=tdt, device=device).to(
+                memory_format=cl
+            ),
+            dy=torch.empty(spec.batch, ch[-1], last, last, dtype=tdt, device=device).to(
+                memory_format=cl
+            ),
+        )
+    gen = torch.Generator(device=device)
+    gen.manual_seed(repeat_seed(seed, spec, repeat))
+    for i, w in enumerate(out.weights):
+        std = conv_weight_std(spec, ch[i], ch[i + 1])
+        if spec.init is Init.xavier_uniform:
+            w.uniform_(-std * math.sqrt(3.0), std * math.sqrt(3.0), generator=gen)
+        elif spec.init is Init.truncated_normal:
+            lo = 0.5 * math.erfc(2.0 / math.sqrt(2.0))
+            w.uniform_(lo, 1.0 - lo, generator=gen)
+            torch.special.ndtri(w, out=w)
+            w.mul_(std / TRUNC_STD)
+        else:
+            w.normal_(0.0, std, generator=gen)
+    out.x.normal_(0.0, 1.0, generator=gen)
+    out.dy.normal_(0.0, 1.0 / math.sqrt(ch[-1] * last * last), generator=gen)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Building blocks: forward keeps what the backward needs.
+
+_STRIDE, _PAD, _DIL = [1, 1], [1, 1], [1, 1]
+
+
+def _conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    return torch.ops.aten.convolution(x, w, None, _STRIDE, _PAD, _DIL, False, [0, 0], 1)
+
+
+def _conv_backward(
+    grad: torch.Tensor, x: torch.Tensor, w: torch.Tensor, need_input: bool
+) -> tuple[Any, torch.Tensor]:
+    import torch
+
+    dx, dw, _ = torch.ops.aten.convolution_backward(
+        grad, x, w, None, _STRIDE, _PAD, _DIL, False, [0, 0], 1, [need_input, True, False]
+    )
+    return dx, dw
+
+
+def _norm_fwd(norm: Norm, h: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    import torch
+
+    if norm is Norm.batchnorm:
+        out, mean, invstd = torch.native_batch_norm(h, None, None, None, None, True, 0.0, NORM_EPS)
+        return out, (mean, invstd)
+    if norm is Norm.layernorm:
+        n = h.shape[0]
+        out, mean, rstd = torch.native_group_norm(
+            h, None, None, n, h.shape[1], h.shape[2] * h.shape[3], 1, NORM_EPS
+        )
+        return out, (mean, rstd)
+    return h, None
+
+
+def _norm_bwd(norm: Norm, grad: torch.Tensor, h: torch.Tensor, saved: Any) -> torch.Tensor:
+    import torch
+
+    aten = torch.ops.aten
+    if norm is Norm.batchnorm:
+        mean, invstd = saved
+        return aten.native_batch_norm_backward(
+            grad, h, None, None, None, mean, invstd, True, NORM_EPS, [True, False, False]
+        )[0]
+    if norm is Norm.layernorm:
+        mean, rstd = saved
+        n = h.shape[0]
+        return aten.native_group_norm_backward(
+            grad.contiguous(),
+            h.contiguous(),
+            mean,
+            rstd,
+            None,
+            n,
+            h.shape[1],
+            h.shape[2] * h.shape[3],
+            1,
+            [True, False, False],
+        )[0].contiguous(memory_format=torch.channels_last)
+    return grad
+
+
+def _pool_fwd(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
+    return torch.ops.aten.max_pool2d_with_indices(y, [2, 2], [2, 2], [0, 0], [1, 1], False)
+
+
+def _pool_bwd(grad: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    return torch.ops.aten.max_pool2d_with_indices_backward(
+        grad, y, [2, 2], [2, 2], [0, 0], [1, 1], False, idx
+    )
+
+
+def channel_var(t: torch.Tensor, wide: bool = False) -> torch.Tensor:
+    """Variance over batch and positions of each channel, averaged over channels."""
+    import torch
+
+    if wide:
+        t = t.to(torch.float64)
+    c = t.shape[1]
+    flat = t.permute(0, 2, 3, 1).reshape(-1, c)  # (batch·H·W, C): a view for channels_last
+    n = flat.shape[0]
+    col = flat.sum(dim=0)
+    total_sq = (flat * flat).sum()
+    return (total_sq - (col * col).sum() / n) / (n * c)
+
+
+# --------------------------------------------------------------------------------------------
+# One repeat
+
+
+@dataclass
+class ConvOutput:
+    """Per layer (layer 1 first), shape (depth,); the pool columns are NaN where no pool."""
+
+    grad_norm: torch.Tensor
+    forward_var: torch.Tensor
+    backward_var: torch.Tensor
+    pool_input_var: torch.Tensor
+    pool_input_backward_var: torch.Tensor
+
+
+def conv_forward_backward(
+    spec: NetSpec,
+    weights: list[torch.Tensor],
+    x: torch.Tensor,
+    dy: torch.Tensor,
+    act_fn: Callable[[Any], Any],
+    act_back: Callable[[Any, Any, Any], Any],
+    wide_stats: bool = False,
+) -> ConvOutput:
+    """Forward and hand-written backward of one conv repeat (see the module docstring).
+
+    Args:
+        weights: per layer (c_out, c_in, 3, 3); x: (batch, C, S, S); dy: like the output.
+    """
+    import torch
+
+    if spec.arch.is_resnet and spec.norm_position is NormPosition.pre:
+        return _prenorm(spec, weights, x, dy, act_fn, act_back, wide_stats)
+    depth, norm = spec.depth, spec.norm
+    resnet, scale = spec.arch is Arch.resnet_conv, spec.branch_scale
+    pools = set(spec.pools_after)
+    nan = torch.full((), math.nan, dtype=torch.float64 if wide_stats else x.dtype)
+    with torch.no_grad():
+        xs = [x]  # inputs of layers 1..L, then the output
+        saved: list[Any] = []
+        fvar, pin_var = [], []
+        for i in range(depth):
+            h = _conv(xs[-1], weights[i])
+            n, state = _norm_fwd(norm, h)
+            u = n
+            if resnet and i % 2 == 1:
+                u = n * scale + xs[-2] if scale != 1.0 else n + xs[-2]
+            y = act_fn(u)
+            idx = None
+            if i + 1 in pools:
+                pin_var.append(channel_var(y, wide_stats))
+                out, idx = _pool_fwd(y)
+            else:
+                pin_var.append(nan)
+                out = y
+            saved.append((h, state, u, y, idx))
+            fvar.append(channel_var(out, wide_stats))
+            xs.append(out)
+
+        grads: list[Any] = [None] * (depth + 1)  # ∂ℓ/∂(input of layer l+1)
+        grads[depth] = dy
+        norms: list[Any] = [nan] * depth
+        bvars: list[Any] = [nan] * depth
+        pin_bvar: list[Any] = [nan] * depth
+        for i in range(depth - 1, -1, -1):
+            h, state, u, y, idx = saved[i]
+            g = grads[i + 1]
+            if idx is not None:
+                g = _pool_bwd(g, y, idx)
+                pin_bvar[i] = channel_var(g, wide_stats)
+            du = act_back(g, u, y)
+            if resnet and i % 2 == 1:
+                grads[i - 1] = du  # the skip
+                dn = du * scale if scale != 1.0 else du
+            else:
+                dn = du
+            dh = _norm_bwd(norm, dn, h, state)
+            dx, dw = _conv_backward(dh, xs[i], weights[i], True)
+            norms[i] = torch.linalg.vector_norm(dw, dtype=torch.float64 if wide_stats else None)
+            assert dx is not None
+            if grads[i] is not None:
+                dx = dx + grads[i]
+            grads[i] = dx
+            bvars[i] = channel_var(dx, wide_stats)
+            saved[i] = None
+        return ConvOutput(
+            torch.stack(norms),
+            torch.stack(fvar),
+            torch.stack(bvars),
+            torch.stack(pin_var),
+            torch.stack(pin_bvar),
+        )
+
+
+def _prenorm(
+    spec: NetSpec,
+    weights: list[torch.Tensor],
+    x: torch.Tensor,
+    dy: torch.Tensor,
+    act_fn: Callable[[Any], Any],
+    act_back: Callable[[Any, Any, Any], Any],
+    wide_stats: bool,
+) -> ConvOutput:
+    """Pre-norm blocks x_{k+1} = x_k + s·W2·g(norm(W1·g(norm(x_k)))), a pool after some blocks.
+
+    Layer 2k+1 (W1) reports the derivative at the block input x_k and the variance of
+    g(norm(W1·…)), the input of W2; layer 2k+2 (W2) the derivative at its input and the
+    variance of x_{k+1} (after the pool, if one follows).
+    """
+    import torch
+
+    depth, norm, scale = spec.depth, spec.norm, spec.branch_scale
+    pools = set(spec.pools_after)
+    nan = torch.full((), math.nan, dtype=torch.float64 if wide_stats else x.dtype)
+    fvar: list[Any] = [nan] * depth
+    bvar: list[Any] = [nan] * depth
+    pin_var: list[Any] = [nan] * depth
+    pin_bvar: list[Any] = [nan] * depth
+    norms: list[Any] = [nan] * depth
+    with torch.no_grad():
+        stream = x
+        blocks = []
+        for k in range(depth // 2):
+            w1, w2 = weights[2 * k], weights[2 * k + 1]
+            n1, s1 = _norm_fwd(norm, stream)
+            a1 = act_fn(n1)
+            h1 = _conv(a1, w1)
+            n2, s2 = _norm_fwd(norm, h1)
+            a2 = act_fn(n2)
+            h2 = _conv(a2, w2)
+            new = stream + h2 * scale if scale != 1.0 else stream + h2
+            fvar[2 * k] = channel_var(a2, wide_stats)
+            idx = None
+            if 2 * k + 2 in pools:
+                pin_var[2 * k + 1] = channel_var(new, wide_stats)
+                pooled, idx = _pool_fwd(new)
+            else:
+                pooled = new
+            fvar[2 * k + 1] = channel_var(pooled, wide_stats)
+            blocks.append((stream, s1, n1, a1, h1, s2, n2, a2, new, idx))
+            stream = pooled
+        g = dy
+        for k in range(depth // 2 - 1, -1, -1):
+            stream, s1, n1, a1, h1, s2, n2, a2, new, idx = blocks[k]
+            w1, w2 = weights[2 * k], weights[2 * k + 1]
+            if idx is not None:
+                g = _pool_bwd(g, new, idx)
+                pin_bvar[2 * k + 1] = channel_var(g, wide_stats)
+            dh2 = g * scale if scale != 1.0 else g
+            da2, dw2 = _conv_backward(dh2, a2, w2, True)
+            norms[2 * k + 1] = torch.linalg.vector_norm(
+                dw2, dtype=torch.float64 if wide_stats else None
+            )
+            bvar[2 * k + 1] = channel_var(da2, wide_stats)
+            dh1 = _norm_bwd(norm, act_back(da2, n2, a2), h1, s2)
+            da1, dw1 = _conv_backward(dh1, a1, w1, True)
+            norms[2 * k] = torch.linalg.vector_norm(
+                dw1, dtype=torch.float64 if wide_stats else None
+            )
+            g = g + _norm_bwd(norm, act_back(da1, n1, a1), stream, s1)
+            bvar[2 * k] = channel_var(g, wide_stats)
+            blocks[k] = None  # type: ignore[call-overload]
+    return ConvOutput(
+        torch.stack(norms),
+        torch.stack(fvar),
+        torch.stack(bvar),
+        torch.stack(pin_var),
+        torch.stack(pin_bvar),
+    )
+
+
+def conv_flop(spec: NetSpec) -> float:
+    """Multiply-adds ×2 of one repeat: forward, input-gradient and weight-gradient convs."""
+    ch, k2 = spec.channels, CONV_KERNEL * CONV_KERNEL
+    fwd = sum(
+        2.0 * spec.batch * spec.spatial[i] * k2 * ch[i] * ch[i + 1] for i in range(spec.depth)
+    )
+    return 3.0 * fwd
