@@ -19,7 +19,7 @@ from gradscope.commands.common import FormatOpt, OutputOpt, note, parse_list, wa
 from gradscope.commands.plot import plot_to_file
 from gradscope.errors import SpecError
 from gradscope.model import Reinit
-from gradscope.nets import Arch, Device, Dtype, Init, Norm, ResidualScale
+from gradscope.nets import Arch, Device, Dtype, Init, Norm, NormPosition, ResidualScale
 from gradscope.output import Format, check_output_path, emit
 from gradscope.train import Optimizer, Task
 
@@ -99,6 +99,36 @@ def simulate_command(
             case_sensitive=False,
         ),
     ] = ResidualScale.none,
+    norm_position: Annotated[
+        str,
+        typer.Option(
+            "--norm-position",
+            help=f"{_choices(NormPosition)}, or a comma list: resnet blocks x + norm(…) (post, "
+            "the paper's) or x + W2·g(norm(W1·g(norm(x)))) (pre).",
+        ),
+    ] = "post",
+    image_size: Annotated[
+        int | None,
+        typer.Option(
+            "--image-size",
+            help="plain-conv/resnet-conv: input images are N×N (default 32).",
+            show_default=False,
+        ),
+    ] = None,
+    pool_every: Annotated[
+        int | None,
+        typer.Option(
+            "--pool-every",
+            help="plain-conv/resnet-conv: a 2×2 max-pool after every K-th layer.",
+            show_default=False,
+        ),
+    ] = None,
+    double_channels: Annotated[
+        bool,
+        typer.Option(
+            "--double-channels", help="plain-conv: double the channels at each pool (VGG)."
+        ),
+    ] = False,
     repeats: Annotated[
         int, typer.Option("--repeats", "-n", help="Fresh nets per configuration.")
     ] = 256,
@@ -304,6 +334,13 @@ def simulate_command(
     if workers is not None and workers < 1:
         raise SpecError(f"--workers must be at least 1, got {workers}")
     archs = _enum_list(Arch, arch, "arch")
+    positions = _enum_list(NormPosition, norm_position, "norm-position")
+    conv_options: dict[str, Any] = dict(
+        norm_position=positions,
+        image_size=image_size,
+        pool_every=pool_every,
+        double_channels=double_channels,
+    )
     norms = _enum_list(Norm, norm, "norm")
     inits = _enum_list(Init, init, "init")
     activations = parse_list(activation, "--activation")
@@ -324,6 +361,10 @@ def simulate_command(
     from gradscope.simulate import build_specs, simulate
 
     if train_steps > 0:
+        conv = [a.value for a in archs if a.is_conv]
+        if conv or positions != [NormPosition.post]:
+            what = f"--arch {conv[0]}" if conv else "--norm-position pre"
+            raise SpecError(f"--train-steps does not support {what} yet")
         specs = build_specs(
             arch=archs, activation=activations, norm=norms, init=inits, gain=gain, depth=depths,
             width=widths, batch=batches, residual_scale=residual_scale,
@@ -352,6 +393,7 @@ def simulate_command(
             width=widths,
             batch=batches,
             residual_scale=residual_scale,
+            **conv_options,
         )
     )
     stop = threading.Event()
@@ -376,6 +418,7 @@ def simulate_command(
                 width=widths,
                 batch=batches,
                 residual_scale=residual_scale,
+                **conv_options,
                 repeats=repeats,
                 seed=seed,
                 dtype=dtype,
