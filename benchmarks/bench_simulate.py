@@ -16,15 +16,25 @@ Measured in the same run, per repeat:
 - the FLOP floor: 3 × 2 × depth × batch × width² FLOP at the float32 rate of a 2048³ torch.mm.
 
 Prints the speed-up over the naive loop and the ratio to the practical limit (random-number
-floor + FLOP floor). The machine is shared and noisy: the timed rounds are interleaved so that
-load affects every case alike, and each figure is the best round (the median is printed too).
+floor + FLOP floor).
 
-Usage: python benchmarks/bench_simulate.py [--repeats 64] [--rounds 5]
+The conv case (``--case conv``): plain-conv, 16 layers, 64 channels, 32×32 images, batch 32,
+ReLU, BatchNorm, a 2×2 max-pool every 4 layers (38.5 GFLOP per repeat). Naive: the same net
+as an ``nn.Sequential`` of Conv2d(bias=False)/BatchNorm2d/ReLU/MaxPool2d, NCHW, per repeat.
+Its FLOP floor is the conv FLOPs (forward, input gradient, weight gradient) at the best
+rate of this machine's conv kernels on the largest layer (channels_last, forward and both
+backward convs, timed on 1 thread and on all threads).
+
+The machine is shared and noisy: the timed rounds are interleaved so that load affects every
+case alike, and each figure is the best round (the median is printed too).
+
+Usage: python benchmarks/bench_simulate.py [--repeats 64] [--rounds 5] [--case mlp|conv|all]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import time
@@ -67,6 +77,98 @@ def naive_resnet_repeat(depth: int = DEPTH, width: int = WIDTH, batch: int = BAT
     return [float(lin.weight.grad.norm()) for lin in linears]
 
 
+CONV = dict(depth=16, width=64, batch=32, image_size=32, pool_every=4)
+
+
+def naive_conv_repeat() -> list[float]:
+    depth, width, batch, size = (CONV[k] for k in ("depth", "width", "batch", "image_size"))
+    layers: list[nn.Module] = []
+    for i in range(depth):
+        layers += [nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)]
+        layers.append(nn.ReLU())
+        if (i + 1) % CONV["pool_every"] == 0 and i + 1 < depth:
+            layers.append(nn.MaxPool2d(2))
+    net = nn.Sequential(*layers).train()
+    convs = [m for m in net if isinstance(m, nn.Conv2d)]
+    for conv in convs:
+        nn.init.normal_(conv.weight, 0.0, (2.0 / (9 * width)) ** 0.5)
+    y = net(torch.randn(batch, width, size, size))
+    y.backward(torch.randn_like(y) / y[0].numel() ** 0.5)
+    return [float(conv.weight.grad.norm()) for conv in convs]
+
+
+def conv_rate(threads: int) -> float:
+    """FLOP/s of the best conv kernel for the largest layer, forward and backward, channels_last."""
+    aten = torch.ops.aten
+    cl = torch.channels_last
+    b, c, s = CONV["batch"], CONV["width"], CONV["image_size"]
+    x = torch.randn(b, c, s, s).to(memory_format=cl)
+    w = torch.randn(c, c, 3, 3).to(memory_format=cl)
+    g = torch.randn(b, c, s, s).to(memory_format=cl)
+    one = [1, 1]
+    flop = 2.0 * b * s * s * c * c * 9
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        best = math.inf
+        for _ in range(3):
+            start = time.perf_counter()
+            aten.convolution(x, w, None, one, one, one, False, [0, 0], 1)
+            aten.convolution_backward(
+                g, x, w, None, one, one, one, False, [0, 0], 1, [True, True, False]
+            )
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(before)
+    return 3 * flop / best
+
+
+def conv_main(n: int, rounds: int, workers: int, pool: object) -> None:
+    from gradscope.convnets import conv_flop
+
+    spec = build_specs(arch="plain-conv", activation="relu", norm="batchnorm", **CONV)[0]
+    flop = conv_flop(spec)
+    cases: dict[str, Callable[[], object]] = {
+        "conv: gradscope": lambda: run_configuration(
+            spec, n, seed=0, workers=workers, backend=Backend.processes, pool=pool
+        ),
+        "conv: gradscope, 1 worker": lambda: run_configuration(spec, n, seed=0, workers=1),
+        "conv: naive nn.Sequential loop": lambda: [naive_conv_repeat() for _ in range(n)],
+    }
+    for fn in cases.values():  # warm-up
+        fn()
+    timings: dict[str, list[float]] = {}
+    rates_one: list[float] = []
+    rates_all: list[float] = []
+    for _ in range(rounds):
+        rates_one.append(conv_rate(1))
+        rates_all.append(conv_rate(workers))
+        for name, fn in cases.items():
+            timings.setdefault(name, []).append(per_repeat(fn, n))
+    one, every = max(rates_one), max(rates_all)
+    floor_procs = flop / (one * workers)
+    floor_threads = flop / every
+    print(f"conv: {flop / 1e9:.1f} GFLOP per repeat, {n} repeats x {rounds} rounds")
+    print(
+        f"conv kernel rate: {one / 1e9:.0f} GFLOP/s on 1 thread, "
+        f"{every / 1e9:.0f} GFLOP/s on {workers} threads"
+    )
+    print(f"FLOP floor, {workers} workers x 1 thread {1e3 * floor_procs:7.2f} ms")
+    print(f"FLOP floor, 1 process x {workers} threads {1e3 * floor_threads:7.2f} ms")
+    naive_t = min(timings["conv: naive nn.Sequential loop"])
+    for name in cases:
+        t = min(timings[name])
+        med = statistics.median(timings[name])
+        print(
+            f"{name:38s} {1e3 * t:7.2f} ms (median {1e3 * med:7.2f})   "
+            f"x{naive_t / t:4.2f} vs naive   {t / floor_procs:4.2f} x FLOP floor"
+        )
+    print(
+        f"best possible speed-up over this naive run: x{naive_t / floor_procs:4.2f} "
+        "(naive time / FLOP floor)"
+    )
+
+
 def per_repeat(fn: Callable[[], object], n: int) -> float:
     start = time.perf_counter()
     fn()
@@ -77,8 +179,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=64, help="repeats per timed round")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (median reported)")
+    parser.add_argument("--case", choices=["mlp", "conv", "all"], default="all")
+    parser.add_argument("--conv-repeats", type=int, default=8, help="repeats per conv round")
     args = parser.parse_args()
     n, rounds = args.repeats, args.rounds
+    if args.case in ("conv", "all"):
+        workers = os.cpu_count() or 1
+        print(f"load average before: {os.getloadavg()[0]:.2f} on {workers} cores")
+        pool = make_process_pool(workers) if workers > 1 else None
+        try:
+            conv_main(args.conv_repeats, rounds, workers, pool)
+        finally:
+            if pool is not None:
+                pool.shutdown()  # type: ignore[attr-defined]
+        if args.case == "conv":
+            return
 
     buf = torch.empty(DEPTH * WIDTH * WIDTH + 2 * BATCH * WIDTH)
     gen = torch.Generator().manual_seed(0)
