@@ -1080,6 +1080,10 @@ def simulate(
         backend: CPU workers as ``processes`` (forked, one thread each: PyTorch's CPU matmuls
             do not run concurrently from Python threads), ``threads``, or ``auto``
             (processes when the whole job is more than about two seconds of arithmetic).
+        norm_position: resnets only: ``post`` (the paper's basic block) or ``pre``
+            (x + s·W2·g(norm(W1·g(norm(x))))); a list sweeps.
+        image_size, pool_every, double_channels: conv archs only: N×N input images (default
+            32), a 2×2 max-pool after every ``pool_every``-th layer, channels doubled at pools.
         progress: called as ``progress(done, total)`` with repeats over all configurations.
         stop: when set (e.g. on Ctrl-C), returns what has finished, marked ``partial``.
 

@@ -134,3 +134,45 @@ def test_ctrl_c_prints_partial_results_and_exits_130() -> None:
     assert "interrupted: partial results" in stderr
     (row,) = parse_csv(stdout)
     assert row["partial"] is True and 0 < row["repeats"] < 1000000
+
+
+def test_conv_net_end_to_end_with_pool_columns() -> None:
+    res = run(
+        "--arch", "plain-conv", "--depth", "4", "--width", "4", "--batch", "4",
+        "--image-size", "8", "--pool-every", "2", "--double-channels", "--repeats", "3",
+        "-f", "csv",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    rows = parse_csv(res.stdout)
+    assert [r["channels"] for r in rows] == [4, 4, 8, 8]
+    assert [r["spatial"] for r in rows] == [64, 64, 16, 16]
+    assert [r["pool_input_var"] is not None for r in rows] == [False, True, False, False]
+    assert {r["image_size"] for r in rows} == {8} and {r["pool_every"] for r in rows} == {2}
+
+
+def test_norm_position_sweeps_resnets_only() -> None:
+    res = run(*SMALL, "--arch", "plain,resnet", "--norm-position", "post,pre", "--summary",
+              "-f", "csv")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    rows = parse_csv(res.stdout)
+    assert [(r["arch"], r["norm_position"]) for r in rows] == [
+        ("plain", "post"), ("resnet", "post"), ("resnet", "pre"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--pool-every", "2"], "Error: --pool-every 2 applies to the conv archs"),
+        (["--arch", "plain-conv", "--image-size", "2", "--pool-every", "1", "--depth", "4"],
+         "Error: image size 2 is too small for 3 2×2 max-pools"),
+        (["--norm-position", "pre"], "Error: --norm-position pre applies to the resnet archs"),
+        (["--norm-position", "middle"], "Error: unknown --norm-position 'middle'"),
+        (["--arch", "plain-conv", "--train-steps", "2"],
+         "Error: --train-steps does not support --arch plain-conv yet"),
+    ],
+)  # fmt: skip
+def test_bad_conv_and_norm_position_options_are_one_line(args: list[str], message: str) -> None:
+    res = run(*args)
+    assert res.exit_code == 1
+    assert res.stderr.strip().splitlines()[-1].startswith(message), res.stderr
