@@ -210,7 +210,9 @@ def test_results_do_not_depend_on_workers() -> None:
     kw = dict(arch="plain-conv", depth=4, width=4, batch=4, image_size=8, pool_every=2, repeats=6)
     one = simulate(**kw, workers=1)
     two = simulate(**kw, workers=2, backend="threads")
-    assert one.records == two.records
+    forked = simulate(**kw, workers=2, backend="processes")
+    chunked = simulate(**kw, chunk=4)
+    assert one.records == two.records == forked.records == chunked.records
 
 
 @pytest.mark.parametrize(
