@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -45,5 +46,35 @@ app.command("inspect-checkpoint")(user_errors(inspect_checkpoint_command))
 app.command("simulate")(user_errors(simulate_command))
 
 
-def main() -> None:
-    app(prog_name="gradscope")
+def _usage_error(exc: Exception) -> str | None:
+    """The one-line message of a command-line usage error (an unknown option, a value of the
+    wrong type), or None when ``exc`` is not one. Typer raises click's exceptions, from click
+    itself or from the copy that newer Typer releases vendor, so this goes by their interface.
+    """
+    format_message = getattr(exc, "format_message", None)
+    if format_message is None or not hasattr(exc, "exit_code"):
+        return None
+    message = " ".join(str(format_message()).split())
+    ctx = getattr(exc, "ctx", None)
+    path = getattr(ctx, "command_path", None) or "gradscope"
+    return f"{message.rstrip('.')} (see '{path} --help')."
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI: usage errors are one ``Error:`` line on stderr and exit 1, like every other
+    user error, instead of click's framed box and exit 2."""
+    try:
+        code = app(args=argv, prog_name="gradscope", standalone_mode=False)
+    except Exception as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(0)
+        if type(exc).__name__ == "Abort":
+            sys.stderr.write("Aborted.\n")
+            sys.exit(130)
+        message = _usage_error(exc)
+        if message is None:
+            raise
+        sys.stderr.write(f"Error: {message}\n")
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

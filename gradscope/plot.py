@@ -56,11 +56,14 @@ _SIMULATE_CHECKS = {"prediction_in_ci", "rate_deviation", "overflow_repeats", "p
 _LAYER_COLUMNS = _SIMULATE_CHECKS | {
     "layer", "grad_norm_mean", "grad_norm_std", "grad_norm_sem", "grad_norm_ci_low",
     "grad_norm_ci_high", "forward_var", "backward_var", "predicted_grad_norm", "module",
-    "module_type", "param_count", "path", "block",
+    "module_type", "param_count", "path", "block", "channels", "spatial", "pool_input_var",
+    "pool_input_backward_var", "predicted_backward_var",
 }  # fmt: skip
 _SWEEP_COLUMNS = _SIMULATE_CHECKS | {
     "fitted_rate", "fitted_rate_ci_low", "fitted_rate_ci_high", "predicted_rate", "r_squared",
-    "amplification", "overflow_layer", "rate_first_half", "rate_last_half",
+    "amplification", "overflow_layer", "rate_first_half", "rate_last_half", "pool_forward_ratio",
+    "pool_backward_ratio", "predicted_pool_forward_ratio", "predicted_pool_backward_ratio",
+    "loss", "loss_sem", "accuracy", "sigma_rate", "sigma_r_squared", "weight_norm_rate",
 }  # fmt: skip
 _CHECKPOINT_COLUMNS = {
     "index", "name", "num_features", "sigma", "running_var_min", "running_var_max",
@@ -80,7 +83,10 @@ NON_CONFIG_COLUMNS = {
     RecordKind.columns: set(),
 }
 # A sweep's x axis: the first of these that varies, then any other numeric column that varies.
-SWEEP_AXES = ("depth", "width", "batch", "gain", "residual_scale", "repeats", "input_std")
+SWEEP_AXES = (
+    "step", "depth", "width", "batch", "gain", "residual_scale", "image_size", "pool_every",
+    "repeats", "input_std",
+)  # fmt: skip
 
 AXIS_LABELS = {
     "layer": "layer",

@@ -150,3 +150,30 @@ def test_every_command_has_help_with_an_example_and_is_in_the_readme() -> None:
         code, out, _ = run(name, "--help")
         assert code == 0 and "Example" in out, name
         assert f"gradscope {name}" in readme, name
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["simulate", "--bogus"], "No such option: --bogus"),
+        (["simulate", "--image-size", "x"], "Invalid value for '--image-size'"),
+        (["ratios", "--activation", "relu"], "No such option: --activation"),
+        (["nosuchcommand"], "No such command"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_1(args: list[str], fragment: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "gradscope", *args], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 1 and proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and fragment in lines[0]
+    assert "Traceback" not in proc.stderr and "─" not in proc.stderr
+
+
+def test_main_returns_zero_for_help_and_version() -> None:
+    for args in (["--help"], ["--version"], ["ratios", "--help"], []):
+        proc = subprocess.run(
+            [sys.executable, "-m", "gradscope", *args], capture_output=True, text=True, check=False
+        )
+        assert proc.returncode == 0 and "gradscope" in proc.stdout

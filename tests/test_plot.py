@@ -32,6 +32,7 @@ from gradscope.plot import (
     figure_format,
     plot_records,
 )
+from gradscope.records import read_records
 from gradscope.terminal import render_preview
 
 RATE = 1.2111738962363166  # sqrt(r(ReLU)), the norm growth per layer behind BatchNorm
@@ -519,3 +520,38 @@ def test_training_rows_become_a_heatmap(tmp_path: Path) -> None:
         np.round([math.log10(r["grad_norm_mean"]) for r in rows], 10)
     )
     assert (tmp_path / "train.png").stat().st_size > 0
+
+
+def _simulate_csv(*args: str) -> str:
+    result = runner.invoke(app, ["simulate", "--format", "csv", "--seed", "3", *args])
+    assert result.exit_code == 0, result.stderr
+    return result.stdout
+
+
+def test_conv_records_from_simulate_plot_one_line_per_arch() -> None:
+    # Per-layer measurements of conv nets (channels, spatial size, pool variances) change along
+    # the layers: they must not be taken for configuration and split the lines.
+    text = _simulate_csv(
+        "--arch", "plain-conv,resnet-conv", "--depth", "4", "--width", "4", "--batch", "2",
+        "--repeats", "4", "--image-size", "8", "--pool-every", "2",
+    )  # fmt: skip
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert {"channels", "spatial", "pool_input_var"} <= set(rows[0])
+    fig = plot_records(read_records("-", stdin=io.StringIO(text)))
+    assert legend_texts(fig) == ["plain-conv", "resnet-conv", "confidence interval", "predicted"]
+    solid = [line for line in fig.axes[0].lines if line.get_linestyle() == "-"]
+    assert [len(line.get_xdata()) for line in solid] == [4, 4]
+
+
+def test_training_summary_plots_rate_against_step() -> None:
+    text = _simulate_csv(
+        "--depth", "4", "--width", "8", "--batch", "16", "--repeats", "2",
+        "--train-steps", "6", "--record-every", "2", "--task", "teacher", "--summary",
+    )  # fmt: skip
+    fig = plot_records(read_records("-", stdin=io.StringIO(text)))
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "step"
+    measured = [line for line in ax.lines if line.get_linestyle() == "-"]
+    assert len(measured) == 1
+    steps = sorted({int(r["step"]) for r in csv.DictReader(io.StringIO(text))})
+    np.testing.assert_allclose(np.sort(measured[0].get_xdata()), steps)
