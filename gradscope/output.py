@@ -98,30 +98,91 @@ def render(records: Sequence[Any], fmt: Format, title: str | None = None) -> str
     return render_table(records, title=title)
 
 
+def _display_tables(
+    records: Sequence[Any], title: str | None, width: int
+) -> tuple[list[Any], str | None]:
+    """Rich tables for reading on a screen ``width`` characters wide, not for parsing.
+
+    Columns with the same value in every row say nothing row by row: they move to a line
+    printed under the tables (``arch=plain, depth=20, ...``, returned second), and columns
+    empty in every row are left out. A single record is shown as a two-column field/value
+    table. Columns that do not fit across go to a further table below, which repeats the first
+    column so rows can still be told apart; headers may fold, numbers are never broken.
+    ``--format csv`` or ``json`` keeps every column.
+    """
+    from rich.table import Table
+
+    columns, rows = as_rows(records)
+    cells = [{c: format_cell(r.get(c)) for c in columns} for r in rows]
+    if len(rows) == 1:
+        table = Table(title=title, header_style="bold")
+        table.add_column("field", style="bold")
+        table.add_column("value", overflow="fold")
+        for col in columns:
+            if cells[0][col] != "—":
+                table.add_row(col, cells[0][col])
+        return [table], None
+    empty = {c for c in columns if all(cell[c] == "—" for cell in cells)}
+    constant = [c for c in columns if c not in empty and len({cell[c] for cell in cells}) == 1]
+    shown = [c for c in columns if c not in empty and c not in constant]
+    if not shown:  # identical rows: show them whole
+        shown, constant = [c for c in columns if c not in empty], []
+    caption = ", ".join(f"{c}={cells[0][c]}" for c in constant) or None
+
+    def cell_width(col: str) -> int:
+        longest = max(len(cell[col]) for cell in cells)
+        return max(longest, min(len(col), 12))
+
+    # Pack columns into tables that fit across; each table after the first repeats the key.
+    key, rest = shown[0], shown[1:]
+    chunks: list[list[str]] = [[key]]
+    used = 1 + cell_width(key) + 3
+    for col in rest:
+        need = cell_width(col) + 3
+        if used + need > width and len(chunks[-1]) > 1:
+            chunks.append([key])
+            used = 1 + cell_width(key) + 3
+        chunks[-1].append(col)
+        used += need
+    tables = []
+    for i, chunk in enumerate(chunks):
+        table = Table(title=title if i == 0 else None, header_style="bold")
+        for col in chunk:
+            numeric = any(
+                isinstance(r.get(col), (int, float)) and not isinstance(r.get(col), bool)
+                for r in rows
+            )
+            table.add_column(
+                col,
+                justify="right" if numeric else "left",
+                overflow="fold",
+                min_width=max(len(cell[col]) for cell in cells) if numeric else None,
+            )
+        for cell in cells:
+            table.add_row(*[cell[c] for c in chunk])
+        tables.append(table)
+    return tables, caption
+
+
 def print_table(
     records: Sequence[Any],
     stream: IO[str] | None = None,
     title: str | None = None,
     stderr: bool = False,
 ) -> None:
-    """Print a rich table to a terminal stream (colour and width follow the terminal)."""
+    """Print records for reading on a terminal (or in a log): constant columns go to a line
+    under the table, a single record is shown field by field, wide tables are split to fit; colour
+    and width follow the terminal (a file or pipe gets 120 columns)."""
     from rich.console import Console
-    from rich.table import Table
 
-    columns, rows = as_rows(records)
-    table = Table(title=title, header_style="bold")
-    for col in columns:
-        numeric = any(
-            isinstance(r.get(col), (int, float)) and not isinstance(r.get(col), bool) for r in rows
-        )
-        table.add_column(col, justify="right" if numeric else "left", overflow="fold")
-    for row in rows:
-        table.add_row(*[format_cell(row.get(c)) for c in columns])
     target = stream if stream is not None else (sys.stderr if stderr else sys.stdout)
     is_tty = hasattr(target, "isatty") and target.isatty()
-    # A terminal wraps to its width; a file or pipe gets the whole table, unsqueezed.
-    console = Console(file=target, width=None if is_tty else 400)
-    console.print(table)
+    console = Console(file=target, width=None if is_tty else 120)
+    tables, caption = _display_tables(records, title, console.width)
+    for table in tables:
+        console.print(table)
+    if caption:
+        console.print(caption, style="dim", markup=False, highlight=False)
 
 
 def check_output_path(path: Path) -> None:

@@ -6,13 +6,21 @@ import io
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from gradscope.errors import OutputError, RecordsError
-from gradscope.output import Format, emit, format_cell, resolve_format, write_atomic
+from gradscope.output import (
+    Format,
+    emit,
+    format_cell,
+    print_table,
+    resolve_format,
+    write_atomic,
+)
 from gradscope.records import parse_csv, read_records, to_csv, to_json
 
 
@@ -128,3 +136,42 @@ def test_format_cell() -> None:
     assert format_cell(1.2111738962363166) == "1.21117"
     assert format_cell(1e-9) == "1.0000e-09"
     assert format_cell(True) == "yes"
+
+
+def _printed(records: list[dict]) -> str:  # not a terminal: 120 columns
+    buf = io.StringIO()
+    print_table(records, stream=buf, title="t")
+    return buf.getvalue()
+
+
+def test_screen_table_moves_constant_columns_under_it_and_drops_empty_ones() -> None:
+    rows = [
+        {"arch": "plain", "depth": 20, "layer": i, "value": 0.5 * i, "empty": None}
+        for i in (1, 2, 3)
+    ]
+    text = _printed(rows)
+    lines = text.splitlines()
+    assert lines[-1] == "arch=plain, depth=20"
+    header = next(line for line in lines if "layer" in line)
+    assert "value" in header and "arch" not in header and "empty" not in text
+
+
+def test_screen_table_of_one_record_is_field_by_field() -> None:
+    text = _printed([{"fitted_rate": 1.2113, "predicted_rate": None, "arch": "plain"}])
+    assert re.search(r"fitted_rate\s+│\s+1\.2113", text)
+    assert re.search(r"arch\s+│\s+plain", text)
+    assert "predicted_rate" not in text
+
+
+def test_screen_table_splits_wide_records_and_keeps_numbers_whole() -> None:
+    rows = [
+        {"name": f"r{i}", **{f"column_{j}": 123456.789 + i + j for j in range(12)}}
+        for i in range(3)
+    ]
+    text = _printed(rows)
+    assert max(len(line) for line in text.splitlines()) <= 120
+    # Every number appears whole, and the key column is repeated in each part.
+    for i in range(3):
+        for j in range(12):
+            assert format_cell(123456.789 + i + j) in text
+    assert text.count("┃ name") >= 2
