@@ -289,7 +289,12 @@ def _common_prefix(names: Sequence[str]) -> str:
 
 
 def model_seed(seed: int, spec: ModelSpec, batch: int, repeat: int) -> int:
-    text = f"gradscope-model|{seed}|{spec.label}|{spec.input_shape}|{batch}|{repeat}".encode()
+    """The seed of one repeat's draws. A model file is named by its file name, not its path,
+    so the same command gives the same numbers from any directory."""
+    where, sep, factory = spec.target.rpartition(":")
+    name = f"{Path(where).name}{sep}{factory}" if where.endswith(".py") else spec.target
+    args = ",".join(f"{k}={v!r}" for k, v in sorted(spec.kwargs.items()))
+    text = f"gradscope-model|{seed}|{name}({args})|{spec.input_shape}|{batch}|{repeat}".encode()
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
 
 

@@ -131,7 +131,7 @@ def _display_tables(
 
     def cell_width(col: str) -> int:
         longest = max(len(cell[col]) for cell in cells)
-        return max(longest, min(len(col), 12))
+        return max(longest, min(len(col), 10))
 
     # Pack columns into tables that fit across; each table after the first repeats the key.
     key, rest = shown[0], shown[1:]

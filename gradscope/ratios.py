@@ -295,7 +295,7 @@ def operator_ratios(
         return maxpool_ratios(_int_param(text, "maxpool", "window size K"), input_std, depth)
     if text.startswith("batchnorm:"):
         return batchnorm_ratios(_int_param(text, "batchnorm", "batch size B"), input_std, depth)
-    if text.startswith("linear"):
+    if text.startswith("linear:"):
         match = _LINEAR.match(text)
         if not match:
             raise SpecError(

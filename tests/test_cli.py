@@ -101,9 +101,13 @@ def test_failed_command_writes_no_file(tmp_path: Path) -> None:
     assert code == 1 and not target.exists()
 
 
-def test_usage_error_exit_code() -> None:
-    code, _, _ = run("ratios", "--no-such-option")
-    assert code == 2
+def test_usage_error_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    from gradscope.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["ratios", "--no-such-option"])
+    assert exc.value.code == 1
+    assert capsys.readouterr().err.startswith("Error: No such option: --no-such-option")
 
 
 def _modules_after(args: list[str]) -> dict[str, object]:

@@ -340,3 +340,9 @@ def test_input_std_forms() -> None:
     for bad in ["0", "-1", "a", "1:2", "0:1:3", "1,,2", "nan"]:
         with pytest.raises(SpecError):
             parse_input_std(bad)
+
+
+def test_linear_alone_is_the_identity_activation_and_linear_with_shape_an_operator() -> None:
+    alias = operator_ratios("linear")
+    assert alias.activation == "identity" and alias.ratio == 1.0
+    assert operator_ratios("linear:4x8").activation.startswith("linear:4x8")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -123,11 +124,22 @@ def test_help_has_an_example() -> None:
 def test_ctrl_c_prints_partial_results_and_exits_130() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "gradscope", "simulate", "--depth", "8", "--width", "64",
-         "--repeats", "1000000", "--summary", "-f", "csv"],
+         "--repeats", "1000000", "--summary", "-f", "csv", "--progress", "log"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "COLUMNS": "200"},
     )  # fmt: skip
-    time.sleep(8.0)  # past start-up (torch import) on a loaded 2-core machine
+    # Interrupt once some repeats are done, however long start-up takes on a loaded machine:
+    # --progress log prints "simulate: done/total" lines on stderr.
+    assert proc.stderr is not None
+    first = ""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        match = re.match(r"simulate: (\d+)/1000000", line)
+        if match and int(match.group(1)) > 0:
+            first = line
+            break
+    assert first, "no progress line within 120 s"
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr

@@ -10,6 +10,8 @@ import re
 import signal
 import sys
 import threading
+import time
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,6 +24,13 @@ from gradscope.model import Reinit
 from gradscope.nets import Arch, Device, Dtype, Init, Norm, NormPosition, ResidualScale
 from gradscope.output import Format, check_output_path, emit
 from gradscope.train import Optimizer, Task
+
+
+class ProgressMode(str, Enum):
+    auto = "auto"
+    log = "log"
+    none = "none"
+
 
 _UNITS = {"": 1, "b": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 _IUNITS = {"ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30, "ti": 1 << 40}
@@ -133,6 +142,15 @@ def simulate_command(
         int, typer.Option("--repeats", "-n", help="Fresh nets per configuration.")
     ] = 256,
     seed: Annotated[int, typer.Option("--seed", help="Seed; same seed, same output.")] = 0,
+    progress: Annotated[
+        ProgressMode,
+        typer.Option(
+            "--progress",
+            case_sensitive=False,
+            help="auto: a progress bar when stderr is a terminal; log: a plain line on stderr "
+            "at the start and every 10 s (for logs and batch jobs); none.",
+        ),
+    ] = ProgressMode.auto,
     dtype: Annotated[Dtype, typer.Option("--dtype", case_sensitive=False)] = Dtype.float32,
     device: Annotated[
         Device, typer.Option("--device", help="auto picks CUDA when present.")
@@ -309,6 +327,9 @@ def simulate_command(
     """
     if repeats < 1:
         raise SpecError(f"--repeats must be at least 1, got {repeats}")
+    if not 0 <= seed < 2**63:
+        raise SpecError(f"--seed must be a whole number from 0 to 2**63-1, got {seed}")
+    _progress.mode = progress
     if model is not None:
         _run_model(
             model,
@@ -450,7 +471,10 @@ def simulate_command(
             )
     if result.partial:
         done = sum(result.repeats_done.values())
-        warn(f"interrupted: partial results from {done} completed repeats")
+        if done == 0:
+            warn("interrupted before any repeat finished: nothing to report")
+        else:
+            warn(f"interrupted: partial results from {done} completed repeats")
     records: list[Any] = list(result.summary) if summary else list(result.records)
     if records:
         title = "simulate" + (" (partial)" if result.partial else "")
@@ -555,11 +579,15 @@ def _run_training(
 
 
 class _progress:
-    """A rich progress bar on stderr (repeats/s or steps/s, ETA); nothing when stderr is not a
-    terminal.
+    """Progress on stderr: a rich bar (repeats/s or steps/s, ETA) when stderr is a terminal,
+    plain lines with ``--progress log`` (at the first update, then every 10 s and at the end),
+    nothing otherwise.
 
     Started at the first update, so that worker processes are forked before its thread exists.
     """
+
+    mode: ProgressMode = ProgressMode.auto
+    LOG_EVERY = 10.0
 
     def __init__(self, total: int, unit: str = "rep/s", label: str = "simulate") -> None:
         self.total = total
@@ -567,6 +595,8 @@ class _progress:
         self.label = label
         self.bar: Any = None
         self.task: Any = None
+        self.last_log: float | None = None
+        self.start_time = 0.0
 
     def _start(self) -> None:
         from rich.console import Console
@@ -605,8 +635,22 @@ class _progress:
             self._start()
         self.bar.update(self.task, completed=done)
 
+    def log(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if self.last_log is None:
+            self.start_time = now
+        elif now - self.last_log < self.LOG_EVERY and done < total:
+            return
+        self.last_log = now
+        elapsed = now - self.start_time
+        rate = f", {done / elapsed:.3g} {self.unit}" if done and elapsed > 0 else ""
+        sys.stderr.write(f"{self.label}: {done}/{total}{rate}\n")
+        sys.stderr.flush()
+
     def __enter__(self) -> Any:
-        if not sys.stderr.isatty():
+        if self.mode is ProgressMode.log:
+            return self.log
+        if self.mode is ProgressMode.none or not sys.stderr.isatty():
             return lambda done, total: None
         return self.update
 
