@@ -392,7 +392,8 @@ def _per_sample_variance(t: Any) -> float:
     batch, elements = d.shape
     second = torch.sum(d * d, dtype=torch.float64) / (batch * elements)
     means = d.mean(dim=0, dtype=torch.float64)
-    return float(second - (means * means).mean())
+    # The difference can round below zero when every sample is the same; a variance is not.
+    return max(0.0, float(second - (means * means).mean()))
 
 
 def run_model(
@@ -488,12 +489,29 @@ def run_model(
             finally:
                 recorder.detach()
             out = _first_tensor(out, spec.label)
-            if out.dim() == 0 or out.numel() == 1:
-                out.reshape(()).backward()
-            else:
-                per_sample = out.numel() // out.shape[0] if out.dim() > 1 else out.numel()
-                dy = torch.randn(out.shape, generator=gen, dtype=out.dtype, device=device)
-                out.backward(dy / math.sqrt(per_sample))
+            if not (out.is_floating_point() or out.is_complex()):
+                raise ModelError(
+                    f"{spec.label} returned a {str(out.dtype).removeprefix('torch.')} output; "
+                    "gradscope backpropagates from a floating-point output (return the logits, "
+                    "not argmax)"
+                )
+            if not out.requires_grad:
+                raise ModelError(
+                    f"{spec.label} returned an output that autograd cannot backpropagate "
+                    "(detached, or computed under torch.no_grad)"
+                )
+            try:
+                if out.dim() == 0 or out.numel() == 1:
+                    out.reshape(()).backward()
+                else:
+                    per_sample = out.numel() // out.shape[0] if out.dim() > 1 else out.numel()
+                    dy = torch.randn(out.shape, generator=gen, dtype=out.dtype, device=device)
+                    out.backward(dy / math.sqrt(per_sample))
+            except Exception as exc:
+                raise ModelError(
+                    f"{spec.label} failed in backward: {type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}"
+                ) from None
             if repeat == 0:
                 order = list(recorder.order)
                 if not order:

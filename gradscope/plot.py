@@ -288,6 +288,25 @@ def build_spec(
     )
 
 
+def check_figure_options(
+    size: tuple[float, float] | None, dpi: int | None, style: str | None
+) -> None:
+    """Raise SpecError for a size or dpi that is not positive, or an unknown style."""
+    import matplotlib.style
+
+    width, height = size or DEFAULT_SIZE
+    if not (width > 0 and height > 0 and math.isfinite(width) and math.isfinite(height)):
+        raise SpecError(f"the figure size must be two positive numbers of inches, got {size}")
+    if dpi is not None and dpi <= 0:
+        raise SpecError(f"dpi must be positive, got {dpi}")
+    if style is not None and style not in (*matplotlib.style.available, "default"):
+        raise SpecError(
+            f"unknown matplotlib style {style!r}; try one of: "
+            + ", ".join(sorted(matplotlib.style.available)[:8])
+            + ", …"
+        )
+
+
 def draw_figure(
     spec: PlotSpec,
     *,
@@ -303,17 +322,8 @@ def draw_figure(
     import matplotlib.style
 
     width, height = size or DEFAULT_SIZE
-    if not (width > 0 and height > 0 and math.isfinite(width) and math.isfinite(height)):
-        raise SpecError(f"the figure size must be two positive numbers of inches, got {size}")
     dpi = DEFAULT_DPI if dpi is None else dpi
-    if dpi <= 0:
-        raise SpecError(f"dpi must be positive, got {dpi}")
-    if style is not None and style not in (*matplotlib.style.available, "default"):
-        raise SpecError(
-            f"unknown matplotlib style {style!r}; try one of: "
-            + ", ".join(sorted(matplotlib.style.available)[:8])
-            + ", …"
-        )
+    check_figure_options(size, dpi, style)
     with matplotlib.style.context(style) if style else contextlib.nullcontext():
         fig = Figure(figsize=(width, height), dpi=dpi, layout="constrained")
         FigureCanvasAgg(fig)
@@ -356,6 +366,21 @@ def plot_records(
     rows = list(rows)
     if kind is None and x is None and rows and is_training_rows(as_rows(rows[:1])[0]):
         # Per-layer training records: a heatmap over (layer, step) and sigma at the end.
+        ignored = [
+            flag
+            for flag, given in (
+                ("--hue", hue),
+                ("--logy/--no-logy", logy),
+                ("--reverse-x", reverse_x or None),
+            )
+            if given is not None
+        ]
+        if ignored:
+            raise SpecError(
+                f"{', '.join(ignored)}: not used by the training heatmap; to draw training "
+                "records as lines, choose the axes with --x and --y (e.g. --x layer --y sigma)"
+            )
+        check_figure_options(size, dpi, style)
         return plot_training(
             rows, out, value=y or "grad_norm_mean", title=title, size=size, dpi=dpi, style=style
         )

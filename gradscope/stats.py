@@ -105,7 +105,8 @@ class LayerStats:
                     std = mat.std(axis=0, ddof=1)
                 sem = std / math.sqrt(n)
                 t = student_t_quantile(0.5 + level / 2, n - 1)
-                ci_low, ci_high = mean - t * sem, mean + t * sem
+                # A norm is never negative: the interval is cut at 0 (few repeats, wide t).
+                ci_low, ci_high = np.maximum(mean - t * sem, 0.0), mean + t * sem
             else:
                 std = sem = ci_low = ci_high = np.full(self.depth, np.nan)
             return LayerSummary(

@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from ckpt_factory import save_legacy, vgg19_bn_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]

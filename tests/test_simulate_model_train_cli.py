@@ -96,3 +96,108 @@ def test_train_steps_records_growth_and_checkpoint(tmp_path: Path) -> None:
     sigmas = [float(r["sigma"]) for r in rows(out)]
     last = [r for r in table if r["step"] == "19"]
     assert len(sigmas) == len(last) == 4
+
+
+BAD_OUTPUTS = """
+import torch
+from torch import nn
+
+
+class Detached(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(x).detach()
+
+
+class Argmax(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(x).argmax(dim=1)
+
+
+def detached():
+    return Detached()
+
+
+def argmax():
+    return Argmax()
+"""
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        ("detached", "autograd cannot backpropagate"),
+        ("argmax", "returned a int64 output"),
+    ],
+)
+def test_outputs_that_cannot_be_backpropagated_are_one_line(
+    tmp_path: Path, factory: str, message: str
+) -> None:
+    path = tmp_path / "bad.py"
+    path.write_text(BAD_OUTPUTS)
+    out = tmp_path / "out.csv"
+    code, _, err = run(
+        "simulate", "--model", f"{path}:{factory}", "--input-shape", "4", "--batch", "4",
+        "--repeats", "2", "-o", str(out),
+    )  # fmt: skip
+    assert code == 1 and err.startswith("Error: ") and message in err
+    assert err.count("\n") == 1 and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--model", PLAIN, "--input-shape", "3,8,8", "--depth", "7"],
+            "--depth describes the built-in nets and cannot be used with --model",
+        ),
+        (
+            ["--model", PLAIN, "--input-shape", "3,8,8", "--activation", "tanh", "--lr", "1"],
+            "--activation, --lr describe the built-in nets",
+        ),
+        (
+            ["--model", PLAIN, "--input-shape", "3,8,8", "--train-steps", "2"],
+            "--train-steps does not support --model",
+        ),
+        (["--lr", "0.5"], "--lr applies only with --train-steps"),
+        (
+            ["--task", "teacher", "--weight-decay", "0.1"],
+            "--weight-decay applies only with --train-steps",
+        ),
+        (
+            ["--model", PLAIN, "--input-shape", "3,8,8", "--plot", "fig.gif"],
+            "cannot tell the figure format",
+        ),
+    ],
+)
+def test_options_that_would_be_ignored_are_refused(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    out = tmp_path / "out.csv"
+    code, _, err = run("simulate", "--repeats", "2", *args, "-o", str(out))
+    assert code == 1 and message in err, err
+    assert not out.exists()
+
+
+def test_training_plot_checks_style_and_refuses_unused_overrides(tmp_path: Path) -> None:
+    code, out, err = run(
+        "simulate", "--train-steps", "4", "--depth", "3", "--width", "8", "--batch", "16",
+        "--repeats", "1", "-f", "csv",
+    )  # fmt: skip
+    assert code == 0, err
+    records = tmp_path / "train.csv"
+    records.write_text(out)
+    fig = tmp_path / "f.png"
+    code, _, err = run("plot", str(records), "--style", "nosuchstyle", "-o", str(fig))
+    assert code == 1 and "unknown matplotlib style 'nosuchstyle'" in err and not fig.exists()
+    code, _, err = run("plot", str(records), "--hue", "layer", "-o", str(fig))
+    assert code == 1 and "--hue: not used by the training heatmap" in err and not fig.exists()
+    code, _, err = run("plot", str(records), "-o", str(fig))
+    assert code == 0 and fig.exists()

@@ -330,6 +330,26 @@ def simulate_command(
     if not 0 <= seed < 2**63:
         raise SpecError(f"--seed must be a whole number from 0 to 2**63-1, got {seed}")
     _progress.mode = progress
+    # Every output is checked before any work, so a bad path never costs a run or leaves one
+    # file written and the other not.
+    if output is not None:
+        from gradscope.output import resolve_format
+
+        resolve_format(fmt, False, output)
+        check_output_path(output)
+    if plot is not None:
+        from gradscope.plot import figure_format
+
+        figure_format(plot)
+        check_output_path(plot)
+    _refuse_unused_options(
+        model=model, train_steps=train_steps, arch=arch, activation=activation, norm=norm,
+        init=init, depth=depth, width=width, gain=gain, residual_scale=residual_scale,
+        norm_position=norm_position, image_size=image_size, pool_every=pool_every,
+        double_channels=double_channels, task=task, optimizer=optimizer, lr=lr,
+        momentum=momentum, weight_decay=weight_decay, clip_grad_norm=clip_grad_norm,
+        record_every=record_every, classes=classes, samples=samples,
+    )  # fmt: skip
     if model is not None:
         _run_model(
             model,
@@ -371,14 +391,6 @@ def simulate_command(
         _int_list(batch, "batch"),
     )
     limit = parse_memory(max_memory) if max_memory is not None else None
-    if output is not None:
-        check_output_path(output)
-    if plot is not None:
-        from gradscope.plot import figure_format
-
-        figure_format(plot)
-        check_output_path(plot)
-
     from gradscope.simulate import build_specs, simulate
 
     if train_steps > 0:
@@ -524,6 +536,45 @@ def _run_model(
         plot_to_file(rows, plot)
     if run.partial:
         raise typer.Exit(130)
+
+
+_NET_OPTIONS = (
+    "arch", "activation", "norm", "init", "depth", "width", "gain", "residual_scale",
+    "norm_position", "image_size", "pool_every", "double_channels",
+)  # fmt: skip
+_TRAIN_OPTIONS = (
+    "task", "optimizer", "lr", "momentum", "weight_decay", "clip_grad_norm", "record_every",
+    "classes", "samples",
+)  # fmt: skip
+
+
+def _refuse_unused_options(**given: Any) -> None:
+    """An option that would be silently ignored is an error: the built-in net's options with
+    --model, training options without --train-steps."""
+    import inspect
+
+    defaults = {n: p.default for n, p in inspect.signature(simulate_command).parameters.items()}
+
+    def flags(names: list[str]) -> str:
+        return ", ".join("--" + n.replace("_", "-") for n in names)
+
+    def changed(names: tuple[str, ...]) -> list[str]:
+        return [n for n in names if given[n] != defaults[n]]
+
+    if given["model"] is not None:
+        if given["train_steps"]:
+            raise SpecError("--train-steps does not support --model yet")
+        unused = changed(_NET_OPTIONS) + changed(_TRAIN_OPTIONS)
+        if unused:
+            verb = "describes" if len(unused) == 1 else "describe"
+            raise SpecError(
+                f"{flags(unused)} {verb} the built-in nets and cannot be used with --model"
+            )
+    elif not given["train_steps"]:
+        unused = changed(_TRAIN_OPTIONS)
+        if unused:
+            verb = "applies" if len(unused) == 1 else "apply"
+            raise SpecError(f"{flags(unused)} {verb} only with --train-steps")
 
 
 def _check_outputs(*paths: Path | None) -> None:
