@@ -638,12 +638,18 @@ def _is_tensor(value: Any) -> bool:
 
 
 def _torch_load(path: str, kind: str, trust: bool) -> Any:
+    import warnings
+
     import torch
 
     try:
-        if trust:
-            return torch.load(path, map_location="cpu", weights_only=False, mmap=kind == "zip")
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=kind == "zip")
+        # torch warns about files it did not write itself (a plain pickle.dump, say); the
+        # file is read or refused all the same, and the user gets one line either way.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(
+                path, map_location="cpu", weights_only=not trust, mmap=kind == "zip"
+            )
     except pickle.UnpicklingError as exc:
         text = str(exc)
         if "weights_only" in text or "Unsupported" in text or "global" in text.lower():

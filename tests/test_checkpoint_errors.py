@@ -191,3 +191,20 @@ def test_truncated_or_corrupted_only_own_errors(
     path = tmp_path / f"broken-{fmt}"
     path.write_bytes(bytes(blob))
     check_only_own_errors(path)
+
+
+def test_plain_pickle_file_is_one_line_without_torch_warnings(tmp_path: Path) -> None:
+    import pickle
+    import subprocess
+    import sys
+
+    path = tmp_path / "raw.pkl"
+    with path.open("wb") as fh:
+        pickle.dump({"bn.running_var": torch.ones(3)}, fh, protocol=4)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gradscope", "inspect-checkpoint", str(path)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("Error: ")
+    assert "--trust-pickle" in proc.stderr

@@ -622,7 +622,20 @@ def _run_training(
         emit(result.weight_growth, Format.auto, growth, title="weight-norm growth")
         note(f"wrote {growth}")
     if result.checkpoint is not None:
-        note(f"wrote {result.checkpoint}")
+        first = specs[0]
+        what = f"{first.arch.value} {first.activation.label} {first.norm.value} L={first.depth}"
+        more = f" (the first of {len(specs)} configurations)" if len(specs) > 1 else ""
+        note(f"wrote {result.checkpoint}: repeat 0 of {what}{more}")
+    overflowed: dict[str, int] = {}
+    for s in result.summary:
+        if s.overflow_repeats:
+            label = f"{s.arch} {s.activation} {s.norm} L={s.depth}"
+            overflowed[label] = max(overflowed.get(label, 0), s.overflow_repeats)
+    for label, count in overflowed.items():
+        warn(
+            f"{label}: training diverged to inf/NaN in {count} of {repeats} repeats "
+            "(lower --lr, or try --clip-grad-norm)"
+        )
     records: list[Any] = list(result.summary) if summary else list(result.records)
     emit(records, fmt, output, summary=None if summary else result.summary, title="train")
     if plot is not None:
