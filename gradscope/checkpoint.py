@@ -647,9 +647,7 @@ def _torch_load(path: str, kind: str, trust: bool) -> Any:
         # file is read or refused all the same, and the user gets one line either way.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.load(
-                path, map_location="cpu", weights_only=not trust, mmap=kind == "zip"
-            )
+            return torch.load(path, map_location="cpu", weights_only=not trust, mmap=kind == "zip")
     except pickle.UnpicklingError as exc:
         text = str(exc)
         if "weights_only" in text or "Unsupported" in text or "global" in text.lower():

@@ -251,7 +251,19 @@ def build_spec(
         x_categories = tuple(
             str(v) for v in unique([r.get(x) for r in rows if r.get(x) is not None])
         )
+    if x_categories is not None and not bars and x in ("layer", "index", "step", "depth"):
+        bad = next(r.get(x) for r in rows if r.get(x) is not None and not _is_number(r.get(x)))
+        raise RecordsError(f"column {x!r} must be numeric, but a record has {bad!r}")
     series = _series(rows, x, y, hue_columns, x_categories, columns)
+    if all(np.all(np.isnan(s.y)) for s in series):
+        raise RecordsError(f"column {y!r} has no values to plot: it is empty in every record")
+    missing = sum(int(np.isnan(s.y).sum()) for s in series)
+    if missing:
+        warnings.warn(
+            f"{y} is empty or NaN in {missing} record(s), which are not drawn",
+            PlotWarning,
+            stacklevel=2,
+        )
     infinite = sum(int(np.isinf(s.y).sum()) for s in series)
     if infinite:
         warnings.warn(

@@ -164,8 +164,11 @@ def read_records(source: str | Path, stdin: Any = None) -> list[Row]:
     if not text.strip():
         raise RecordsError(f"{name} is empty: expected CSV or JSON records")
     stripped = text.lstrip()
-    rows = parse_json(text, name) if stripped[:1] in "[{" else parse_csv(text, name)
+    is_json = stripped[:1] in "[{"
+    rows = parse_json(text, name) if is_json else parse_csv(text, name)
     if not rows:
+        if is_json:
+            raise RecordsError(f"{name} holds no records (an empty JSON list)")
         raise RecordsError(f"{name} has a header but no records")
     return rows
 

@@ -555,3 +555,22 @@ def test_training_summary_plots_rate_against_step() -> None:
     assert len(measured) == 1
     steps = sorted({int(r["step"]) for r in csv.DictReader(io.StringIO(text))})
     np.testing.assert_allclose(np.sort(measured[0].get_xdata()), steps)
+
+
+def test_empty_nan_and_non_numeric_inputs() -> None:
+    with pytest.raises(RecordsError, match="no values to plot"):
+        plot_records([{"layer": 1, "grad_norm_mean": None}, {"layer": 2, "grad_norm_mean": None}])
+    with pytest.warns(PlotWarning, match="empty or NaN in 1 record"):
+        fig = plot_records(
+            [{"layer": i, "grad_norm_mean": v} for i, v in ((1, 2.0), (2, math.nan), (3, 1.0))]
+        )
+    assert len(fig.axes[0].lines[0].get_xdata()) == 3  # the gap stays a gap
+    with pytest.raises(RecordsError, match="'layer' must be numeric"):
+        plot_records([{"layer": "a", "grad_norm_mean": 2.0}, {"layer": "b", "grad_norm_mean": 1.0}])
+
+
+def test_empty_json_list_is_named_as_such(tmp_path: Path) -> None:
+    path = tmp_path / "e.json"
+    path.write_text("[]")
+    with pytest.raises(RecordsError, match="an empty JSON list"):
+        read_records(path)
