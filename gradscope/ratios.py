@@ -69,6 +69,8 @@ class Moments:
     grad_second: float
     errors: tuple[float, float, float]
     method: Method
+    # Var[g] with its error, when computed without cancellation (see activation_moments).
+    variance: tuple[float, float] | None = None
 
 
 def activation_moments(
@@ -83,9 +85,37 @@ def activation_moments(
         mean, second, grad_second = piecewise_linear_moments(pieces, input_std)
         errors = tuple(8 * _EPS * abs(v) for v in (mean, second, grad_second))
         return Moments(mean, second, grad_second, errors, Method.closed_form)  # type: ignore[arg-type]
-    q = integrate([g, lambda x: g(x) ** 2, lambda x: dg(x) ** 2], std=input_std, kinks=kinks)
-    mean, second, grad_second = q.values
-    return Moments(mean, second, grad_second, q.errors, Method.quadrature)  # type: ignore[arg-type]
+    # Var[g] as E[h²] − E[h]² with h = g − g(0): for a narrow input (sigmoid at std 1e-6,
+    # Var ~ 1e-13 against E[g²] ~ 0.25) E[g²] − E[g]² would cancel every digit.
+    with np.errstate(all="ignore"):
+        centre = float(np.asarray(g(np.zeros(1)), dtype=float)[0])
+    if not math.isfinite(centre):
+        centre = 0.0
+    q = integrate(
+        [
+            g,
+            lambda x: g(x) ** 2,
+            lambda x: dg(x) ** 2,
+            lambda x: g(x) - centre,
+            lambda x: (g(x) - centre) ** 2,
+        ],
+        std=input_std,
+        kinks=kinks,
+    )
+    mean, second, grad_second, shifted, shifted_second = q.values
+    variance = shifted_second - shifted * shifted
+    # g(x) is evaluated with an absolute error of a few ulps of |g(x)| ~ |g(0)| + |h|, which
+    # h = g − g(0) inherits: that bounds how well E[h²] can be known, whatever the quadrature.
+    rounding = 8 * _EPS * (abs(centre) + math.sqrt(shifted_second)) * math.sqrt(shifted_second)
+    var_error = q.errors[4] + 2 * abs(shifted) * q.errors[3] + 4 * _EPS * shifted_second + rounding
+    return Moments(
+        mean,
+        second,
+        grad_second,
+        q.errors[:3],
+        Method.quadrature,
+        (variance, var_error),  # type: ignore[arg-type]
+    )
 
 
 def depth_to(factor: float, rate: float) -> int | None:
@@ -130,7 +160,12 @@ def _record(
 def moments_record(label: str, m: Moments, input_std: float, depth: int) -> RatioRecord:
     """A row from the moments of an element-wise activation."""
     var_in = input_std * input_std
-    variance = m.second - m.mean * m.mean
+    e_mean, e_second, e_grad = m.errors
+    if m.variance is not None:
+        variance, var_error = m.variance
+    else:
+        variance = m.second - m.mean * m.mean
+        var_error = e_second + 2 * abs(m.mean) * e_mean + 4 * _EPS * m.second
     if not variance > 0:
         raise SpecError(
             f"{label} has zero output variance at input std {input_std:g}: "
@@ -141,9 +176,7 @@ def moments_record(label: str, m: Moments, input_std: float, depth: int) -> Rati
             f"{label} has a zero derivative almost everywhere at input std "
             f"{input_std:g}: no gradient flows back"
         )
-    e_mean, e_second, e_grad = m.errors
-    var_error = e_second + 2 * abs(m.mean) * e_mean + 4 * _EPS * m.second
-    ratio = m.grad_second / variance
+    ratio = m.grad_second * var_in / variance  # backward / forward
     ratio_error = ratio * (e_grad / m.grad_second + var_error / variance)
     return _record(
         label,
@@ -333,7 +366,11 @@ def parse_input_std(text: str) -> list[float]:
                     f"an input-std range start:stop:count needs positive ends and "
                     f"count ≥ 1, got {text!r}"
                 )
-            values = np.geomspace(start, stop, count).tolist() if count > 1 else [start]
+            values = (
+                [float(f"{v:.15g}") for v in np.geomspace(start, stop, count)]
+                if count > 1
+                else [start]
+            )  # 15 digits: 0.25:4:5 gives 2.0, not 1.9999999999999998
         else:
             values = [float(v) for v in text.split(",")]
     except ValueError:

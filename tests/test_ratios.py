@@ -346,3 +346,37 @@ def test_linear_alone_is_the_identity_activation_and_linear_with_shape_an_operat
     alias = operator_ratios("linear")
     assert alias.activation == "identity" and alias.ratio == 1.0
     assert operator_ratios("linear:4x8").activation.startswith("linear:4x8")
+
+
+@pytest.mark.parametrize("name", ["tanh", "sigmoid", "gelu", "softplus", "elu", "mish"])
+@pytest.mark.parametrize("std", [1e-6, 1e-3, 1e3, 1e4])
+def test_extreme_input_stds_match_mpmath_and_the_error_is_honest(name: str, std: float) -> None:
+    # Wide inputs put the activation's bend in a sliver of the Gaussian, narrow ones make
+    # Var[g] tiny against E[g]^2: both used to defeat the quadrature or cancel every digit.
+    spec = parse_activation(name)
+    row = activation_ratios(spec, input_std=std)
+    g, dg, kinks = MP[name]
+    p = mp.mpf(spec.param) if spec.param is not None else None
+    if kinks is None:
+        kinks = [20 / p]  # softplus: PyTorch's threshold
+    if dg is None:
+
+        def dg(x, p, g=g):
+            return mp.diff(lambda t: g(t, p), x)
+
+    s = mp.mpf(std)
+    bends = [mp.mpf(k) for k in (0.01, 0.1, 1, 4, 10, 40)]
+    edges = {mp.mpf(0)} | {sign * b / s for b in bends for sign in (-1, 1)}
+    edges |= {mp.mpf(v) for v in (-10, -3, 3, 10)} | {mp.mpf(k) / s for k in kinks}
+    pts = [-mp.inf, *sorted(e for e in edges if abs(e) < 12), mp.inf]
+    centre = g(mp.mpf(0), p)
+
+    def e(f):
+        return mp.quad(lambda z: f(s * z) * mp.npdf(z), pts)
+
+    m1 = e(lambda x: g(x, p) - centre)
+    m2 = e(lambda x: (g(x, p) - centre) ** 2)
+    d2 = e(lambda x: dg(x, p) ** 2)
+    expected = float(d2 / ((m2 - m1**2) / s**2))
+    assert row.ratio == pytest.approx(expected, rel=1e-8)
+    assert abs(row.ratio - expected) <= row.abs_error + 1e-15 * row.ratio
