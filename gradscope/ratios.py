@@ -108,14 +108,8 @@ def activation_moments(
     # h = g − g(0) inherits: that bounds how well E[h²] can be known, whatever the quadrature.
     rounding = 8 * _EPS * (abs(centre) + math.sqrt(shifted_second)) * math.sqrt(shifted_second)
     var_error = q.errors[4] + 2 * abs(shifted) * q.errors[3] + 4 * _EPS * shifted_second + rounding
-    return Moments(
-        mean,
-        second,
-        grad_second,
-        q.errors[:3],
-        Method.quadrature,
-        (variance, var_error),  # type: ignore[arg-type]
-    )
+    errors = (q.errors[0], q.errors[1], q.errors[2])
+    return Moments(mean, second, grad_second, errors, Method.quadrature, (variance, var_error))
 
 
 def depth_to(factor: float, rate: float) -> int | None:
