@@ -73,7 +73,10 @@ def _configurations(columns: Sequence[str], rows: Sequence[Row]) -> list[tuple[s
     varying = [i for i, c in enumerate(config_cols) if len({k[i] for k in keys}) > 1]
     out = []
     for key in keys:
-        label = ", ".join(f"{config_cols[i]}={key[i]}" for i in varying) or "all rows"
+        label = (
+            ", ".join(f"{config_cols[i]}={key[i]}" for i in varying)
+            or "gradient norm per (step, layer)"
+        )
         out.append((label, groups[key]))
     return out
 
@@ -142,6 +145,9 @@ def training_figure(
         ax.set_xlabel("training step")
         ax.set_ylabel("layer (1 = input side)")
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        # Ticks at recorded steps only (the last may be N-1): never a step that was not run.
+        ticks = steps if steps.size <= 8 else steps[:: -(-steps.size // 6)]
+        ax.set_xticks(ticks)
         ax.set_title(label, fontsize=9)
     if mesh is not None:
         fig.colorbar(mesh, ax=list(axes[: len(grids)]), label=f"log10 {LABELS.get(value, value)}")
@@ -156,11 +162,18 @@ def training_figure(
             xs = [_float(r["layer"]) for r in end]
             ys = [_float(r.get("sigma")) for r in end]
             if any(math.isfinite(y) for y in ys):
-                ax.plot(xs, ys, marker="o", markersize=3, label=f"{label} (step {last})")
+                name = f"{label} (step {last})" if len(configs) > 1 else f"step {last}"
+                ax.plot(xs, ys, marker="o", markersize=3, label=name)
         ax.set_yscale("log")
+        sig = np.array([_float(r.get("sigma")) for r in rows])
+        sig = sig[np.isfinite(sig) & (sig > 0)]
+        if sig.size:
+            from gradscope.plot import _plain_log_labels
+
+            _plain_log_labels(ax, float(np.log10(sig.max() / sig.min())))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("layer (1 = input side)")
-        ax.set_ylabel("BatchNorm σ = sqrt(mean running_var)")
+        ax.set_ylabel("BatchNorm σ")
         ax.set_title("σ at the last recorded step", fontsize=9)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
