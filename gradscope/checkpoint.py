@@ -205,6 +205,11 @@ def _strip_prefixes(names: Iterable[str]) -> tuple[dict[str, str], list[str]]:
                     changed = True
                     if prefix not in stripped:
                         stripped.append(prefix)
+        # torch.compile on a submodule (Lightning's ``model._orig_mod.features.1``).
+        if "._orig_mod." in new:
+            new = new.replace("._orig_mod.", ".")
+            if "_orig_mod." not in stripped:
+                stripped.append("_orig_mod.")
         mapping[name] = new
     return mapping, stripped
 
@@ -1376,8 +1381,14 @@ def describe_without_batchnorm(table: TensorTable) -> str:
         prefix, leaf = _split(name)
         if len(entry.shape) >= 2:
             matrices += 1
-        elif leaf == "weight" and len(entry.shape) == 1 and NORM_WITHOUT_STATS.search(prefix):
-            norms.append(prefix)
+        elif leaf == "weight" and len(entry.shape) == 1:
+            # A vector weight named like a norm, or one with a bias of its shape (an affine
+            # LayerNorm/GroupNorm under any name): a normalisation layer without statistics.
+            bias = table.entries.get(f"{prefix}.bias" if prefix else "bias")
+            if NORM_WITHOUT_STATS.search(prefix) or (
+                bias is not None and tuple(bias.shape) == tuple(entry.shape)
+            ):
+                norms.append(prefix)
     what = f"{len(table.entries)} tensors, {matrices} of them weight matrices"
     if norms:
         what += (

@@ -121,6 +121,9 @@ class Series:
     ci_low: np.ndarray | None = None
     ci_high: np.ndarray | None = None
     predicted: np.ndarray | None = None
+    # Per point, the residual path of a model's module (``simulate --model``): skip
+    # (shortcut) modules get their own marker, so a dip there reads as a path, not a jump.
+    paths: tuple[str, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -570,6 +573,9 @@ def _series(
                 ci_low=column(ci_low) if ci_high else None,
                 ci_high=column(ci_high) if ci_low else None,
                 predicted=column(predicted),
+                paths=tuple(str(r.get("path") or "") for r in members)
+                if "path" in columns
+                else None,
             )
         )
     return series
@@ -723,6 +729,12 @@ def _draw_axes(fig: Figure, spec: PlotSpec) -> None:
             label=label,
         )  # fmt: skip
         handles.append(line)
+        if series.paths is not None and "skip" in series.paths:
+            skip = np.array([p == "skip" for p in series.paths])
+            ax.plot(
+                series.x[skip], series.y[skip], linestyle="none", marker="s", markersize=6.5,
+                markerfacecolor="white", markeredgecolor=colour, markeredgewidth=1.4,
+            )  # fmt: skip
         if series.predicted is not None:
             ax.plot(series.x, series.predicted, linestyle="--", linewidth=1.3, color=colour)
 
@@ -739,6 +751,11 @@ def _draw_axes(fig: Figure, spec: PlotSpec) -> None:
         style_handles.append(interval)
     if has_prediction:
         style_handles.append(Line2D([], [], color="0.3", linestyle="--", label="predicted"))
+    if any(s.paths is not None and "skip" in s.paths for s in spec.series):
+        style_handles.append(
+            Line2D([], [], linestyle="none", marker="s", markersize=6.5, markerfacecolor="white",
+                   markeredgecolor="0.3", markeredgewidth=1.4, label="skip path (shortcut)")
+        )  # fmt: skip
     for position in spec.markers:
         ax.axvline(position, color="0.55", linestyle=":", linewidth=1.1, zorder=0)
     if spec.markers:

@@ -223,6 +223,16 @@ def test_prefixes_are_stripped(tmp_path: Path, sd: dict, prefix: str) -> None:
     assert any("stripped the prefix" in n for n in result.notes)
 
 
+def test_compiled_submodule_prefix_is_stripped_inside_names(tmp_path: Path, sd: dict) -> None:
+    path = save_zip(
+        OrderedDict(("model._orig_mod." + k, v) for k, v in sd.items()), tmp_path / "c.pt"
+    )
+    records = inspect_checkpoint(path).records
+    assert len(records) == 16
+    assert records[0].name == "model.features.1"
+    assert not any("_orig_mod" in r.name for r in records)
+
+
 def record_load(log: list[str], name: str, load: Callable[[], torch.Tensor]) -> torch.Tensor:
     log.append(name)
     return load()
@@ -401,6 +411,14 @@ def test_no_batchnorm_is_a_message_not_a_crash(tmp_path: Path) -> None:
     assert "no BatchNorm layers" in err and "LayerNorm/GroupNorm" in err
     assert "--weights" in err and "ln1" in err
     assert inspect_checkpoint(path).records == []
+
+
+def test_norm_layers_are_recognised_by_shape_under_any_name(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 4), nn.GroupNorm(2, 4))
+    path = save_zip(model.state_dict(), tmp_path / "s.pt")
+    code, _, err = run("inspect-checkpoint", str(path), "--format", "csv")
+    assert code == 0
+    assert "2 of them weight matrices, and 2 normalisation layers" in err
 
 
 def test_weights_lists_norms(tmp_path: Path) -> None:

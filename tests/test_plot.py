@@ -574,3 +574,16 @@ def test_empty_json_list_is_named_as_such(tmp_path: Path) -> None:
     path.write_text("[]")
     with pytest.raises(RecordsError, match="an empty JSON list"):
         read_records(path)
+
+
+def test_model_skip_modules_get_their_own_marker() -> None:
+    rows = [
+        {"model": "m", "layer": i, "module": f"m{i}", "path": p, "grad_norm_mean": v}
+        for i, (p, v) in enumerate(
+            [("main", 3.0), ("branch", 2.0), ("skip", 0.5), ("branch", 1.5)], 1
+        )
+    ]
+    fig = plot_records(rows)
+    squares = [line for line in fig.axes[0].lines if line.get_marker() == "s"]
+    assert len(squares) == 1 and list(squares[0].get_xdata()) == [3.0]
+    assert "skip path (shortcut)" in legend_texts(fig)
