@@ -41,10 +41,11 @@ _GRADED_X = tuple(2.0**j for j in range(-10, 9))
 def _panels(kinks_z: Sequence[float], width: float, std: float = 1.0) -> np.ndarray:
     edges = set(np.arange(-Z_MAX, Z_MAX + width / 2, width).tolist())
     edges.update(float(k) for k in kinks_z if -Z_MAX < k < Z_MAX)
-    for x in _GRADED_X:
-        z = x / std
-        if z < Z_MAX:
-            edges.update((z, -z))
+    if std > 2.0:  # narrower inputs: the unit panels already resolve the bend
+        for x in _GRADED_X:
+            z = x / std
+            if z < Z_MAX:
+                edges.update((z, -z))
     return np.array(sorted(edges))
 
 
