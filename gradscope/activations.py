@@ -390,9 +390,13 @@ def parse_activation(text: str) -> ActivationSpec:
     name = name.strip().lower().replace("-", "_")
     name = ALIASES.get(name, name)
     if name not in ACTIVATIONS:
+        import difflib
+
+        close = difflib.get_close_matches(name, known_names(), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
         raise SpecError(
-            f"unknown activation {raw!r}; known: {', '.join(known_names())} "
-            "(or pass your own with --expr)"
+            f"unknown activation {raw!r}{hint}; known: {', '.join(known_names())}; "
+            "`gradscope ratios --expr` takes any expression in x"
         )
     entry = ACTIVATIONS[name]
     if not sep:

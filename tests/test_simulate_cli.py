@@ -86,7 +86,7 @@ def test_summary_records_and_plot(tmp_path: Path) -> None:
         (["--arch", "resnet", "--norm", "none", "--residual-scale", "zero-gamma"], "zero-gamma"),
         (["--depth", "0"], "depth must be at least 1, got 0"),
         (["--depth", "4,,8"], "comma-separated list without empty items"),
-        (["--width", "wide"], "--width must be whole numbers, got 'wide'"),
+        (["--width", "wide"], "--width takes whole numbers, got 'wide'"),
         (["--gain", "-1"], "gain must be a positive number"),
         (["--repeats", "0"], "--repeats must be at least 1, got 0"),
         (["--max-memory", "1MB"], "above --max-memory"),

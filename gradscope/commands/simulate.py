@@ -68,7 +68,7 @@ def _int_list(text: str, what: str) -> list[int]:
         try:
             out.append(int(item))
         except ValueError:
-            raise SpecError(f"--{what} must be whole numbers, got {item!r}") from None
+            raise SpecError(f"--{what} takes whole numbers, got {item!r}") from None
     return out
 
 
