@@ -160,6 +160,12 @@ def _torchvision_factory(name: str) -> Callable[..., Any]:
             f"--model torchvision:{name} needs torchvision, which is not installed "
             "(pip install 'gradscope[torchvision]')"
         ) from None
+    except Exception as exc:  # a broken install (mismatched torch, missing C++ ops)
+        raise ModelError(
+            f"torchvision is installed but could not be imported ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); it must match torch "
+            "2.13.0's release"
+        ) from None
     models = torchvision.models
     available = set(models.list_models(module=models))
     if name not in available:

@@ -188,3 +188,11 @@ def test_bad_conv_and_norm_position_options_are_one_line(args: list[str], messag
     res = run(*args)
     assert res.exit_code == 1
     assert res.stderr.strip().splitlines()[-1].startswith(message), res.stderr
+
+
+def test_batch_two_with_batchnorm_is_warned_about() -> None:
+    res = run("--batch", "2", "--depth", "3", "--width", "8", "--repeats", "2", "-f", "csv")
+    assert res.exit_code == 0
+    assert "Warning: with --batch 2, BatchNorm maps every unit to ±1" in res.stderr
+    res = run("--batch", "4", "--depth", "3", "--width", "8", "--repeats", "2", "-f", "csv")
+    assert "--batch 2" not in res.stderr

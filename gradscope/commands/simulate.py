@@ -391,6 +391,11 @@ def simulate_command(
         _int_list(batch, "batch"),
     )
     limit = parse_memory(max_memory) if max_memory is not None else None
+    if Norm.batchnorm in norms and 2 in batches:
+        warn(
+            "with --batch 2, BatchNorm maps every unit to ±1: the theory (large batches) does "
+            "not apply, and a Finding is expected"
+        )
     from gradscope.simulate import build_specs, simulate
 
     if train_steps > 0:
