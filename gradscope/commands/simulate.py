@@ -47,7 +47,7 @@ def parse_memory(text: str) -> int:
 
 
 def _choices(kind: Any) -> str:
-    return "|".join(m.value for m in kind)
+    return " | ".join(m.value for m in kind)  # spaces: the help can wrap the list
 
 
 def _enum_list(kind: Any, text: str, what: str) -> list[Any]:
@@ -74,32 +74,43 @@ def _int_list(text: str, what: str) -> list[int]:
 
 def simulate_command(
     arch: Annotated[
-        str, typer.Option("--arch", help=f"{_choices(Arch)}, or a comma list to sweep.")
+        str,
+        typer.Option("--arch", metavar="LIST", help=f"{_choices(Arch)}, or a comma list to sweep."),
     ] = "plain",
     activation: Annotated[
         str,
         typer.Option(
             "--activation",
             "-a",
+            metavar="LIST",
             help="Any activation of `gradscope ratios --list`, with its parameter "
             "(leaky_relu:0.2); a comma list sweeps.",
         ),
     ] = "relu",
     norm: Annotated[
-        str, typer.Option("--norm", help=f"{_choices(Norm)}, or a comma list.")
+        str, typer.Option("--norm", metavar="LIST", help=f"{_choices(Norm)}, or a comma list.")
     ] = "batchnorm",
     init: Annotated[
         str,
         typer.Option(
             "--init",
+            metavar="LIST",
             help=f"{_choices(Init)}, or a comma list. auto: LeCun N(0,1/fan_in) for SELU, "
             "He N(0,2/fan_in) otherwise.",
         ),
     ] = "auto",
     gain: Annotated[float, typer.Option("--gain", help="Multiplies the weights' std.")] = 1.0,
-    depth: Annotated[str, typer.Option("--depth", "-L", help="Layers (comma list sweeps).")] = "20",
-    width: Annotated[str, typer.Option("--width", "-w", help="Units per layer.")] = "256",
-    batch: Annotated[str, typer.Option("--batch", "-b", help="Inputs per batch.")] = "128",
+    depth: Annotated[
+        str, typer.Option("--depth", "-L", metavar="INTS", help="Layers (comma list sweeps).")
+    ] = "20",
+    width: Annotated[
+        str,
+        typer.Option("--width", "-w", metavar="INTS", help="Units per layer (comma list sweeps)."),
+    ] = "256",
+    batch: Annotated[
+        str,
+        typer.Option("--batch", "-b", metavar="INTS", help="Inputs per batch (comma list sweeps)."),
+    ] = "128",
     residual_scale: Annotated[
         ResidualScale,
         typer.Option(
@@ -112,6 +123,7 @@ def simulate_command(
         str,
         typer.Option(
             "--norm-position",
+            metavar="LIST",
             help=f"{_choices(NormPosition)}, or a comma list: resnet blocks x + norm(…) (post, "
             "the paper's) or x + W2·g(norm(W1·g(norm(x)))) (pre).",
         ),
