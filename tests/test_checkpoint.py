@@ -618,3 +618,10 @@ def test_module_nested_in_a_dict_gives_its_graph_with_trust(tmp_path: Path) -> N
 def test_key_on_torchscript_is_refused(files: dict[str, Path]) -> None:
     code, _, err = run("inspect-checkpoint", str(files["torchscript"]), "--key", "model")
     assert code == 1 and "TorchScript" in err
+
+
+def test_no_batchnorm_with_an_output_file_is_an_error_not_a_silent_success(tmp_path: Path) -> None:
+    path = save_zip(TinyTransformer().state_dict(), tmp_path / "t.pt")
+    out = tmp_path / "out.csv"
+    code, _, err = run("inspect-checkpoint", str(path), "-o", str(out))
+    assert code == 1 and "Error: nothing to write to" in err and not out.exists()

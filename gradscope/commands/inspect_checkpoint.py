@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from gradscope.commands.common import FormatOpt, OutputOpt, note
+from gradscope.errors import OutputError
 from gradscope.output import Format, check_output_path, emit
 
 
@@ -98,6 +99,11 @@ def inspect_checkpoint_command(
             emit(result.summary, fmt, output, title="sigma growth from deep to shallow")
         else:
             note("no summary: fewer than two BatchNorm layers with a positive sigma")
+    elif not result.records and output is not None:
+        raise OutputError(
+            f"nothing to write to {output}: no BatchNorm layers were found "
+            "(--weights lists per-layer weight norms instead)"
+        )
     elif result.records:
         emit(
             result.records,
