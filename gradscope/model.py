@@ -152,6 +152,12 @@ def resolve_factory(target: str) -> Callable[..., Any]:
     return factory
 
 
+def _torch_version() -> str:
+    import torch
+
+    return str(torch.__version__)
+
+
 def _torchvision_factory(name: str) -> Callable[..., Any]:
     try:
         import torchvision
@@ -163,8 +169,8 @@ def _torchvision_factory(name: str) -> Callable[..., Any]:
     except Exception as exc:  # a broken install (mismatched torch, missing C++ ops)
         raise ModelError(
             f"torchvision is installed but could not be imported ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); it must match torch "
-            "2.13.0's release"
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); its release must match "
+            f"the installed torch {_torch_version()}"
         ) from None
     models = torchvision.models
     available = set(models.list_models(module=models))

@@ -98,6 +98,11 @@ def render(records: Sequence[Any], fmt: Format, title: str | None = None) -> str
     return render_table(records, title=title)
 
 
+# Numeric columns that name a row rather than measure it: repeated in every part of a split
+# screen table so that rows can be matched across the parts.
+_ROW_NAMES = {"layer", "index", "step", "depth", "width", "batch", "from_index", "to_index"}
+
+
 def _display_tables(
     records: Sequence[Any], title: str | None, width: int
 ) -> tuple[list[Any], str | None]:
@@ -114,6 +119,11 @@ def _display_tables(
 
     columns, rows = as_rows(records)
     cells = [{c: format_cell(r.get(c)) for c in columns} for r in rows]
+    if not rows or not columns:
+        table = Table(title=title, header_style="bold")
+        for col in columns:
+            table.add_column(col)
+        return [table], "(no records)"
     if len(rows) == 1:
         table = Table(title=title, header_style="bold")
         table.add_column("field", style="bold")
@@ -127,21 +137,35 @@ def _display_tables(
     shown = [c for c in columns if c not in empty and c not in constant]
     if not shown:  # identical rows: show them whole
         shown, constant = [c for c in columns if c not in empty], []
+    if not shown:  # every column empty in every row
+        shown = list(columns)
     caption = ", ".join(f"{c}={cells[0][c]}" for c in constant) or None
 
     def cell_width(col: str) -> int:
         longest = max(len(cell[col]) for cell in cells)
         return max(longest, min(len(col), 10))
 
-    # Pack columns into tables that fit across; each table after the first repeats the key.
-    key, rest = shown[0], shown[1:]
-    chunks: list[list[str]] = [[key]]
-    used = 1 + cell_width(key) + 3
+    # Pack columns into tables that fit across; each table after the first repeats the key:
+    # the leading columns that name a row (text, or a layer/index/step number).
+    def names_rows(col: str) -> bool:
+        numeric = any(isinstance(r.get(col), (int, float)) for r in rows)
+        return not numeric or col in _ROW_NAMES
+
+    keys: list[str] = []
+    for col in shown:
+        if not names_rows(col) or len(keys) == 4:
+            break
+        keys.append(col)
+    keys = keys or shown[:1]
+    rest = [c for c in shown if c not in keys]
+    key_width = 1 + sum(cell_width(k) + 3 for k in keys)
+    chunks: list[list[str]] = [list(keys)]
+    used = key_width
     for col in rest:
         need = cell_width(col) + 3
-        if used + need > width and len(chunks[-1]) > 1:
-            chunks.append([key])
-            used = 1 + cell_width(key) + 3
+        if used + need > width and len(chunks[-1]) > len(keys):
+            chunks.append(list(keys))
+            used = key_width
         chunks[-1].append(col)
         used += need
     tables = []

@@ -254,6 +254,8 @@ def build_spec(
         x_categories = tuple(
             str(v) for v in unique([r.get(x) for r in rows if r.get(x) is not None])
         )
+    if all(r.get(x) is None for r in rows):
+        raise RecordsError(f"column {x!r} has no values to plot: it is empty in every record")
     if x_categories is not None and not bars and x in ("layer", "index", "step", "depth"):
         bad = next(r.get(x) for r in rows if r.get(x) is not None and not _is_number(r.get(x)))
         raise RecordsError(f"column {x!r} must be numeric, but a record has {bad!r}")

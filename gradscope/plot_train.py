@@ -62,7 +62,9 @@ def _float(value: Any) -> float:
         return math.nan
 
 
-def _configurations(columns: Sequence[str], rows: Sequence[Row]) -> list[tuple[str, list[Row]]]:
+def _configurations(
+    columns: Sequence[str], rows: Sequence[Row], value: str = "grad_norm_mean"
+) -> list[tuple[str, list[Row]]]:
     """Rows grouped by configuration, labelled by the configuration columns that vary."""
     config_cols = [c for c in columns if c not in MEASURED]
     groups: dict[tuple[Any, ...], list[Row]] = {}
@@ -75,7 +77,7 @@ def _configurations(columns: Sequence[str], rows: Sequence[Row]) -> list[tuple[s
     for key in keys:
         label = (
             ", ".join(f"{config_cols[i]}={key[i]}" for i in varying)
-            or "gradient norm per (step, layer)"
+            or f"{LABELS.get(value, value)} per (step, layer)"
         )
         out.append((label, groups[key]))
     return out
@@ -120,7 +122,12 @@ def training_figure(
         raise SpecError(
             f"{value!r} is not a column of the records; columns are: {', '.join(columns)}"
         )
-    configs = _configurations(columns, rows)
+    present = [r.get(value) for r in rows if r.get(value) not in (None, "")]
+    if not present:
+        raise RecordsError(f"column {value!r} has no values to plot: it is empty in every record")
+    if any(isinstance(v, bool) or math.isnan(_float(v)) and v == v for v in present):
+        raise RecordsError(f"column {value!r} is not numeric; choose a numeric column with --y")
+    configs = _configurations(columns, rows, value)
     grids = [(label, *_grid(group, value)) for label, group in configs]
     with np.errstate(divide="ignore", invalid="ignore"):
         logs = [np.where(g > 0, np.log10(g), np.nan) for *_, g in grids]

@@ -131,8 +131,17 @@ def _record(
     method: Method,
     ratio_error: float,
 ) -> RatioRecord:
+    if not (forward > 0 and math.isfinite(forward) and math.isfinite(backward)):
+        raise SpecError(
+            f"{label} at input std {input_std:g}: the ratios are not representable in double "
+            "precision (the input std is too extreme)"
+        )
     ratio = backward / forward
     rate = math.sqrt(ratio)
+    try:
+        amplification = rate**depth
+    except OverflowError:
+        amplification = math.inf
     return RatioRecord(
         activation=label,
         input_std=input_std,
@@ -142,7 +151,7 @@ def _record(
         backward_ratio=backward,
         ratio=ratio,
         rate_per_layer=rate,
-        amplification=rate**depth,
+        amplification=amplification,
         depth_to_10x=depth_to(10.0, rate),
         depth_to_1000x=depth_to(1000.0, rate),
         forward_gain=gain,
@@ -163,7 +172,8 @@ def moments_record(label: str, m: Moments, input_std: float, depth: int) -> Rati
     if not variance > 0:
         raise SpecError(
             f"{label} has zero output variance at input std {input_std:g}: "
-            "a constant activation has no forward signal"
+            "a constant activation (or an input std too small for double precision) has no "
+            "forward signal"
         )
     if not m.grad_second > 0:
         raise SpecError(

@@ -175,3 +175,19 @@ def test_screen_table_splits_wide_records_and_keeps_numbers_whole() -> None:
         for j in range(12):
             assert format_cell(123456.789 + i + j) in text
     assert text.count("┃ name") >= 2
+
+
+def test_screen_table_of_nothing_or_of_empty_columns_does_not_fail() -> None:
+    assert "(no records)" in _printed([])
+    assert "┃ a" in _printed([{"a": None, "b": None}, {"a": None, "b": None}])
+
+
+def test_split_screen_table_repeats_the_columns_that_name_a_row() -> None:
+    rows = [
+        {"activation": act, "layer": i, **{f"measure_{j}": 1000.5 + i + j for j in range(12)}}
+        for act in ("relu", "tanh")
+        for i in (1, 2)
+    ]
+    parts = _printed(rows).split("┏")[1:]
+    assert len(parts) >= 2
+    assert all("activation" in part and "layer" in part for part in parts)

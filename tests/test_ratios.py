@@ -380,3 +380,10 @@ def test_extreme_input_stds_match_mpmath_and_the_error_is_honest(name: str, std:
     expected = float(d2 / ((m2 - m1**2) / s**2))
     assert row.ratio == pytest.approx(expected, rel=1e-8)
     assert abs(row.ratio - expected) <= row.abs_error + 1e-15 * row.ratio
+
+
+def test_extreme_values_are_inf_or_one_line_errors_not_crashes() -> None:
+    row = operator_ratios("relu", depth=5000)
+    assert row.amplification == math.inf
+    with pytest.raises(SpecError, match="not representable in double precision"):
+        operator_ratios("tanh", input_std=1e200)

@@ -133,7 +133,7 @@ def test_ctrl_c_prints_partial_results_and_exits_130() -> None:
     assert proc.stderr is not None
     first = ""
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         line = proc.stderr.readline()
         match = re.match(r"simulate: (\d+)/1000000", line)
         if match and int(match.group(1)) > 0:

@@ -156,11 +156,11 @@ def test_outputs_that_cannot_be_backpropagated_are_one_line(
     [
         (
             ["--model", PLAIN, "--input-shape", "3,8,8", "--depth", "7"],
-            "--depth describes the built-in nets and cannot be used with --model",
+            "--depth only applies to the built-in nets, not to --model",
         ),
         (
             ["--model", PLAIN, "--input-shape", "3,8,8", "--activation", "tanh", "--lr", "1"],
-            "--activation, --lr describe the built-in nets",
+            "--activation, --lr only apply to the built-in nets",
         ),
         (
             ["--model", PLAIN, "--input-shape", "3,8,8", "--train-steps", "2"],

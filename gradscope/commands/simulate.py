@@ -361,6 +361,8 @@ def simulate_command(
         double_channels=double_channels, task=task, optimizer=optimizer, lr=lr,
         momentum=momentum, weight_decay=weight_decay, clip_grad_norm=clip_grad_norm,
         record_every=record_every, classes=classes, samples=samples,
+        save_checkpoint=save_checkpoint, growth=growth, backend=backend, max_memory=max_memory,
+        workers=workers,
     )  # fmt: skip
     if model is not None:
         _run_model(
@@ -428,9 +430,6 @@ def simulate_command(
             fmt=fmt, output=output,
         )  # fmt: skip
         return
-    for flag, given in (("--save-checkpoint", save_checkpoint), ("--growth", growth)):
-        if given is not None:
-            raise SpecError(f"{flag} applies only with --train-steps")
 
     n_configs = len(
         build_specs(
@@ -561,8 +560,11 @@ _NET_OPTIONS = (
 )  # fmt: skip
 _TRAIN_OPTIONS = (
     "task", "optimizer", "lr", "momentum", "weight_decay", "clip_grad_norm", "record_every",
-    "classes", "samples",
+    "classes", "samples", "save_checkpoint", "growth",
 )  # fmt: skip
+# Options of the synthetic-net engine that neither --model nor --train-steps uses.
+_ENGINE_OPTIONS = ("backend", "max_memory")
+_CONV_OPTIONS = ("image_size", "pool_every", "double_channels")
 
 
 def _refuse_unused_options(**given: Any) -> None:
@@ -581,17 +583,23 @@ def _refuse_unused_options(**given: Any) -> None:
     if given["model"] is not None:
         if given["train_steps"]:
             raise SpecError("--train-steps does not support --model yet")
-        unused = changed(_NET_OPTIONS) + changed(_TRAIN_OPTIONS)
+        unused = (
+            changed(_NET_OPTIONS) + changed(_TRAIN_OPTIONS) + changed(_ENGINE_OPTIONS)
+            + changed(("workers",))
+        )  # fmt: skip
         if unused:
-            verb = "describes" if len(unused) == 1 else "describe"
-            raise SpecError(
-                f"{flags(unused)} {verb} the built-in nets and cannot be used with --model"
-            )
+            verb = "applies" if len(unused) == 1 else "apply"
+            raise SpecError(f"{flags(unused)} only {verb} to the built-in nets, not to --model")
     elif not given["train_steps"]:
         unused = changed(_TRAIN_OPTIONS)
         if unused:
             verb = "applies" if len(unused) == 1 else "apply"
             raise SpecError(f"{flags(unused)} {verb} only with --train-steps")
+    else:
+        unused = changed(_ENGINE_OPTIONS) + changed(_CONV_OPTIONS)
+        if unused:
+            verb = "is" if len(unused) == 1 else "are"
+            raise SpecError(f"{flags(unused)} {verb} not used by --train-steps")
 
 
 def _check_outputs(*paths: Path | None) -> None:
