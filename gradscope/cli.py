@@ -46,7 +46,10 @@ app.command("inspect-checkpoint")(user_errors(inspect_checkpoint_command))
 app.command("simulate")(user_errors(simulate_command))
 
 
-def _usage_error(exc: Exception) -> str | None:
+_COMMANDS = ("ratios", "simulate", "inspect-checkpoint", "plot")
+
+
+def _usage_error(exc: Exception, argv: list[str] | None = None) -> str | None:
     """The one-line message of a command-line usage error (an unknown option, a value of the
     wrong type), or None when ``exc`` is not one. Typer raises click's exceptions, from click
     itself or from the copy that newer Typer releases vendor, so this goes by their interface.
@@ -57,6 +60,11 @@ def _usage_error(exc: Exception) -> str | None:
     message = " ".join(str(format_message()).split())
     ctx = getattr(exc, "ctx", None)
     path = getattr(ctx, "command_path", None) or "gradscope"
+    if path == "gradscope":  # some errors are raised before the subcommand's context exists
+        args = sys.argv[1:] if argv is None else argv
+        command = next((a for a in args if a in _COMMANDS), None)
+        if command is not None:
+            path = f"gradscope {command}"
     return f"{message.rstrip('.')} (see '{path} --help')."
 
 
@@ -72,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         if type(exc).__name__ == "Abort":
             sys.stderr.write("Aborted.\n")
             sys.exit(130)
-        message = _usage_error(exc)
+        message = _usage_error(exc, argv)
         if message is None:
             raise
         sys.stderr.write(f"Error: {message}\n")
