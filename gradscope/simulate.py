@@ -96,6 +96,9 @@ class SimulateRecord:
     predicted_grad_norm: float | None
     predicted_backward_var: float | None
     prediction_in_ci: bool | None
+    # True when the run was interrupted (Ctrl-C) before every repeat finished: ``repeats``
+    # then counts the completed ones.
+    partial: bool = False
 
 
 @dataclass(frozen=True)
@@ -891,6 +894,7 @@ def build_records(
                 predicted_grad_norm=p,
                 predicted_backward_var=predicted_back[i],
                 prediction_in_ci=in_ci,
+                partial=partial,
             )
         )
     rate, r2 = log_linear_rate(s.mean)

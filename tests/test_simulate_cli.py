@@ -25,7 +25,7 @@ COLUMNS = (
     "pool_every,batch,repeats,layer,channels,spatial,"
     "grad_norm_mean,grad_norm_std,grad_norm_sem,grad_norm_ci_low,grad_norm_ci_high,"
     "forward_var,backward_var,pool_input_var,pool_input_backward_var,predicted_grad_norm,"
-    "predicted_backward_var,prediction_in_ci"
+    "predicted_backward_var,prediction_in_ci,partial"
 )
 
 

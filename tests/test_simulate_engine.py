@@ -20,7 +20,7 @@ from gradscope.nets import (
     draw_repeat,
     repeat_seed,
 )
-from gradscope.simulate import _intra_op_threads, forward_backward, run_configuration
+from gradscope.simulate import _intra_op_threads, forward_backward, run_configuration, simulate
 
 
 def make_spec(
@@ -228,3 +228,20 @@ def test_worker_processes_give_the_same_bits() -> None:
     assert np.array_equal(one.norm_matrix(), procs.norm_matrix())
     assert np.array_equal(one.forward_var_sum, procs.forward_var_sum)
     assert np.array_equal(one.backward_var_sum, procs.backward_var_sum)
+
+
+def test_interrupted_run_marks_every_layer_record_partial() -> None:
+    import threading
+
+    stop = threading.Event()
+
+    def progress(done: int, total: int) -> None:
+        stop.set()  # as Ctrl-C would, once a repeat has finished
+
+    res = simulate(
+        depth=3, width=8, batch=8, repeats=100_000, workers=1, progress=progress, stop=stop
+    )
+    assert res.partial and all(r.partial for r in res.records)
+    assert 0 < res.records[0].repeats < 100_000
+    full = simulate(depth=3, width=8, batch=8, repeats=4, workers=1)
+    assert not full.partial and not any(r.partial for r in full.records)
