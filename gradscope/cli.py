@@ -46,9 +46,6 @@ app.command("inspect-checkpoint")(user_errors(inspect_checkpoint_command))
 app.command("simulate")(user_errors(simulate_command))
 
 
-_COMMANDS = ("ratios", "simulate", "inspect-checkpoint", "plot")
-
-
 def _usage_error(exc: Exception, argv: list[str] | None = None) -> str | None:
     """The one-line message of a command-line usage error (an unknown option, a value of the
     wrong type), or None when ``exc`` is not one. Typer raises click's exceptions, from click
@@ -62,7 +59,8 @@ def _usage_error(exc: Exception, argv: list[str] | None = None) -> str | None:
     path = getattr(ctx, "command_path", None) or "gradscope"
     if path == "gradscope":  # some errors are raised before the subcommand's context exists
         args = sys.argv[1:] if argv is None else argv
-        command = next((a for a in args if a in _COMMANDS), None)
+        commands = {c.name for c in app.registered_commands}
+        command = next((a for a in args if a in commands), None)
         if command is not None:
             path = f"gradscope {command}"
     return f"{message.rstrip('.')} (see '{path} --help')."

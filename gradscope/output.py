@@ -147,9 +147,16 @@ def _display_tables(
 
     # Pack columns into tables that fit across; each table after the first repeats the key:
     # the leading columns that name a row (text, or a layer/index/step number).
-    def names_rows(col: str) -> bool:
-        numeric = any(isinstance(r.get(col), (int, float)) for r in rows)
-        return not numeric or col in _ROW_NAMES
+    numeric = {
+        col: any(
+            isinstance(r.get(col), (int, float)) and not isinstance(r.get(col), bool) for r in rows
+        )
+        for col in shown
+    }
+
+    def names_rows(col: str) -> bool:  # text (a yes/no column counts as data) or a layer number
+        flags = any(isinstance(r.get(col), bool) for r in rows)
+        return not (numeric[col] or flags) or col in _ROW_NAMES
 
     keys: list[str] = []
     for col in shown:
@@ -172,15 +179,11 @@ def _display_tables(
     for i, chunk in enumerate(chunks):
         table = Table(title=title if i == 0 else None, header_style="bold")
         for col in chunk:
-            numeric = any(
-                isinstance(r.get(col), (int, float)) and not isinstance(r.get(col), bool)
-                for r in rows
-            )
             table.add_column(
                 col,
-                justify="right" if numeric else "left",
+                justify="right" if numeric[col] else "left",
                 overflow="fold",
-                min_width=max(len(cell[col]) for cell in cells) if numeric else None,
+                min_width=max(len(cell[col]) for cell in cells) if numeric[col] else None,
             )
         for cell in cells:
             table.add_row(*[cell[c] for c in chunk])

@@ -262,20 +262,15 @@ def build_spec(
     series = _series(rows, x, y, hue_columns, x_categories, columns)
     if all(np.all(np.isnan(s.y)) for s in series):
         raise RecordsError(f"column {y!r} has no values to plot: it is empty in every record")
-    missing = sum(int(np.isnan(s.y).sum()) for s in series)
-    if missing:
-        warnings.warn(
-            f"{y} is empty or NaN in {missing} record(s), which are not drawn",
-            PlotWarning,
-            stacklevel=2,
-        )
-    infinite = sum(int(np.isinf(s.y).sum()) for s in series)
-    if infinite:
-        warnings.warn(
-            f"{y} has {infinite} infinite value(s) (an overflow?), which are not drawn",
-            PlotWarning,
-            stacklevel=2,
-        )
+    for test, what in (
+        (np.isnan, "is empty or NaN in {} record(s)"),
+        (np.isinf, "has {} infinite value(s) (an overflow?)"),
+    ):
+        count = sum(int(test(s.y).sum()) for s in series)
+        if count:
+            warnings.warn(
+                f"{y} {what.format(count)}, which are not drawn", PlotWarning, stacklevel=2
+            )
     if logy is None:
         logy = kind in (RecordKind.layers, RecordKind.checkpoint)
     if logy:
