@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from gradscope.model import ModelSpec, Reinit, resolve_factory, run_model
+from gradscope.engine.user_model import ModelSpec, Reinit, resolve_factory, run_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = [

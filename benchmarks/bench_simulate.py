@@ -43,7 +43,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from gradscope.simulate import Backend, build_specs, make_process_pool, run_configuration
+from gradscope.engine.simulate import Backend, build_specs, make_process_pool, run_configuration
 
 DEPTH, WIDTH, BATCH = 20, 256, 128
 
@@ -124,7 +124,7 @@ def conv_rate(threads: int) -> float:
 
 
 def conv_main(n: int, rounds: int, workers: int, pool: object) -> None:
-    from gradscope.convnets import conv_flop
+    from gradscope.engine.conv import conv_flop
 
     spec = build_specs(arch="plain-conv", activation="relu", norm="batchnorm", **CONV)[0]
     flop = conv_flop(spec)

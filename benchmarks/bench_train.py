@@ -1,7 +1,7 @@
 """Benchmark: the training engine's steps/s against a plain PyTorch training loop of the same
 model, in the same run.
 
-- gradscope: :func:`gradscope.train.train_repeat` (what ``simulate --train-steps`` runs per
+- gradscope: :func:`gradscope.engine.train.train_repeat` (what ``simulate --train-steps`` runs per
   repeat), recording every step (``--record-every 1``) and, separately, every 50th step; the
   weight-growth accumulation is on in both (plain SGD + BatchNorm).
 - baseline: an ``nn.Sequential`` of Linear(no bias) → BatchNorm1d → ReLU blocks and a head,
@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradscope.nets import NORM_EPS, Dtype, draw_repeat
-from gradscope.simulate import build_specs
-from gradscope.train import make_config, make_task_data, train_repeat
+from gradscope.engine.mlp import NORM_EPS, Dtype, draw_repeat
+from gradscope.engine.simulate import build_specs
+from gradscope.engine.train import make_config, make_task_data, train_repeat
 
 
 def baseline(spec: Any, config: Any, seed: int) -> float:

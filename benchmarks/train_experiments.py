@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from gradscope.checkpoint import inspect_checkpoint
-from gradscope.plot_train import plot_training
+from gradscope.checkpoint.reader import inspect_checkpoint
+from gradscope.engine.simulate import build_specs
+from gradscope.engine.train import TrainResult, train
+from gradscope.plot.training import plot_training
 from gradscope.records import as_rows, format_csv_value
-from gradscope.simulate import build_specs
-from gradscope.stats import log_linear_rate
-from gradscope.train import TrainResult, train
+from gradscope.theory.stats import log_linear_rate
 
 ROOT = Path(__file__).resolve().parents[1]
 

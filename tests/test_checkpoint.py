@@ -33,7 +33,7 @@ from ckpt_factory import (
 from torch import nn
 from typer.testing import CliRunner
 
-from gradscope.checkpoint import (
+from gradscope.checkpoint.reader import (
     CheckpointRecord,
     CheckpointSummaryRecord,
     WeightRecord,
@@ -564,7 +564,7 @@ def test_objects_beyond_the_lazy_reader_fall_back_to_torch_weights_only(
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 def test_frobenius_norm_large_tensors(dtype: torch.dtype) -> None:
-    from gradscope.checkpoint import frobenius_norm
+    from gradscope.checkpoint.reader import frobenius_norm
 
     gen = torch.Generator().manual_seed(5)
     w = (torch.randn(3_000_007, generator=gen) * 0.02 + 0.001).to(dtype)
@@ -576,7 +576,7 @@ def test_frobenius_norm_large_tensors(dtype: torch.dtype) -> None:
 
 
 def test_weight_norms_stream_from_the_file(files: dict[str, Path], sd: dict) -> None:
-    from gradscope.checkpoint import _file_norm, entry_norm
+    from gradscope.checkpoint.reader import _file_norm, entry_norm
 
     for fmt in ("legacy", "zip", "safetensors", "sharded", "torchscript"):
         table = open_checkpoint(files[fmt])
@@ -591,7 +591,7 @@ def test_weight_norms_stream_from_the_file(files: dict[str, Path], sd: dict) -> 
 
 
 def test_non_contiguous_tensors_are_loaded_not_streamed(tmp_path: Path) -> None:
-    from gradscope.checkpoint import entry_norm
+    from gradscope.checkpoint.reader import entry_norm
 
     base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
     sd = {"t.weight": base.t(), "s.weight": base[1:3]}  # a transpose and an offset view

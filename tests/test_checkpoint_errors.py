@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from gradscope.checkpoint import inspect_checkpoint
+from gradscope.checkpoint.reader import inspect_checkpoint
 from gradscope.cli import app
 from gradscope.errors import CheckpointError, GradscopeError
 

@@ -1,4 +1,4 @@
-"""gradscope.fit (used by inspect-checkpoint's summary) against scipy."""
+"""gradscope.theory.fit (used by inspect-checkpoint's summary) against scipy."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from gradscope.fit import fit_log_linear, student_t_cdf, student_t_quantile
+from gradscope.theory.fit import fit_log_linear, student_t_cdf, student_t_quantile
 
 
 @pytest.mark.parametrize("df", [1, 2, 3, 5, 10, 14, 30, 100, 1000])

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from gradscope.activations import parse_activation
-from gradscope.convnets import conv_forward_backward, draw_conv_repeat
+from gradscope.engine.conv import conv_forward_backward, draw_conv_repeat
+from gradscope.engine.mlp import Arch, Dtype, Init, NetSpec, Norm, NormPosition, ResidualScale
+from gradscope.engine.simulate import activation_backward, build_specs, forward_backward, simulate
 from gradscope.errors import SpecError
-from gradscope.nets import Arch, Dtype, Init, NetSpec, Norm, NormPosition, ResidualScale
-from gradscope.simulate import activation_backward, build_specs, forward_backward, simulate
 
 
 def conv_spec(
@@ -181,7 +181,7 @@ def test_conv_engine_matches_autograd_float32() -> None:
 @pytest.mark.parametrize("norm", ["batchnorm", "layernorm"])
 @pytest.mark.parametrize("scale", ["none", "invsqrt-depth", "zero-gamma"])
 def test_prenorm_mlp_matches_autograd(norm: str, scale: str) -> None:
-    from gradscope.nets import draw_repeat
+    from gradscope.engine.mlp import draw_repeat
 
     spec = NetSpec(
         arch=Arch.resnet,

@@ -9,10 +9,10 @@ import math
 import numpy as np
 import pytest
 
-from gradscope.convnets import conv_forward_backward, draw_conv_repeat
-from gradscope.ratios import maxpool_ratios
-from gradscope.simulate import activation_backward, build_specs, simulate
-from gradscope.theory import max_activation_moments, predict
+from gradscope.engine.conv import conv_forward_backward, draw_conv_repeat
+from gradscope.engine.simulate import activation_backward, build_specs, simulate
+from gradscope.theory.predict import max_activation_moments, predict
+from gradscope.theory.ratios import maxpool_ratios
 
 MAX4_VAR = 0.49171523687474176  # NOTES.md: Var[max of 4 iid N(0, 1)]
 Z99 = 2.576

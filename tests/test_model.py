@@ -12,8 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradscope.errors import SpecError
-from gradscope.model import (
+from gradscope.engine.user_model import (
     ModelError,
     ModelSpec,
     Reinit,
@@ -23,6 +22,7 @@ from gradscope.model import (
     parse_model_args,
     run_model,
 )
+from gradscope.errors import SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
 RESNET = str(ROOT / "examples" / "resnet.py") + ":make_model"
@@ -239,7 +239,7 @@ def test_seeded_runs_are_identical() -> None:
 
 
 def test_per_sample_variance_matches_its_definition() -> None:
-    from gradscope.model import _per_sample_variance
+    from gradscope.engine.user_model import _per_sample_variance
 
     gen = torch.Generator().manual_seed(0)
     t = 3.0 + 2.0 * torch.randn(16, 4, 5, 5, generator=gen)

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from gradscope.cli import app
 from gradscope.errors import OutputError, RecordsError, SpecError
-from gradscope.plot import (
+from gradscope.plot.figure import (
     PlotWarning,
     RecordKind,
     build_spec,
@@ -32,8 +32,8 @@ from gradscope.plot import (
     figure_format,
     plot_records,
 )
+from gradscope.plot.terminal import render_preview
 from gradscope.records import read_records
-from gradscope.terminal import render_preview
 
 RATE = 1.2111738962363166  # sqrt(r(ReLU)), the norm growth per layer behind BatchNorm
 DEPTH = 8

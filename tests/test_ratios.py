@@ -10,7 +10,7 @@ import pytest
 
 from gradscope.activations import ACTIVATIONS, parse_activation
 from gradscope.errors import ExpressionError, SpecError
-from gradscope.ratios import (
+from gradscope.theory.ratios import (
     LinearInit,
     activation_ratios,
     batchnorm_ratios,

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from gradscope.activations import parse_activation
-from gradscope.nets import (
+from gradscope.engine.mlp import (
     Arch,
     Dtype,
     Init,
@@ -20,7 +20,12 @@ from gradscope.nets import (
     draw_repeat,
     repeat_seed,
 )
-from gradscope.simulate import _intra_op_threads, forward_backward, run_configuration, simulate
+from gradscope.engine.simulate import (
+    _intra_op_threads,
+    forward_backward,
+    run_configuration,
+    simulate,
+)
 
 
 def make_spec(
@@ -216,7 +221,7 @@ def test_c_identity_net_overflow_is_reported_not_hidden() -> None:
 
 
 def test_worker_processes_give_the_same_bits() -> None:
-    from gradscope.simulate import Backend, make_process_pool
+    from gradscope.engine.simulate import Backend, make_process_pool
 
     spec = make_spec(arch="resnet", activation="selu", depth=6, width=32, batch=16)
     one = run_configuration(spec, 9, seed=4, workers=1)

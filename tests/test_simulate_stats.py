@@ -9,10 +9,10 @@ import pytest
 from scipy import integrate, stats
 
 from gradscope.activations import SELU_ALPHA, SELU_SCALE, parse_activation
-from gradscope.nets import Arch, Init, NetSpec, Norm
-from gradscope.simulate import simulate
-from gradscope.stats import LayerStats, bootstrap_rate_ci, half_rates, log_linear_rate
-from gradscope.theory import predict
+from gradscope.engine.mlp import Arch, Init, NetSpec, Norm
+from gradscope.engine.simulate import simulate
+from gradscope.theory.predict import predict
+from gradscope.theory.stats import LayerStats, bootstrap_rate_ci, half_rates, log_linear_rate
 
 RELU_RATE = math.sqrt(math.pi / (math.pi - 1))  # 1.2112, computed here, not by gradscope
 

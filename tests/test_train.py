@@ -13,18 +13,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradscope.checkpoint import inspect_checkpoint
-from gradscope.errors import RecordsError, SpecError
-from gradscope.nets import NORM_EPS, Dtype, draw_repeat
-from gradscope.plot_train import is_training_rows, plot_training, training_figure
-from gradscope.simulate import build_specs
-from gradscope.train import (
+from gradscope.checkpoint.reader import inspect_checkpoint
+from gradscope.engine.mlp import NORM_EPS, Dtype, draw_repeat
+from gradscope.engine.simulate import build_specs
+from gradscope.engine.train import (
     Task,
     TrainRecord,
     make_config,
     make_task_data,
     train,
 )
+from gradscope.errors import RecordsError, SpecError
+from gradscope.plot.training import is_training_rows, plot_training, training_figure
 
 SEED = 7
 

@@ -40,9 +40,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradscope.nets import Init, NetSpec, Norm, ResidualScale
-from gradscope.ratios import activation_moments
-from gradscope.stats import log_linear_rate
+from gradscope.engine.mlp import Init, NetSpec, Norm, ResidualScale
+from gradscope.theory.ratios import activation_moments
+from gradscope.theory.stats import log_linear_rate
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def _is_non_decreasing(spec: NetSpec) -> bool:
 def max_activation_moments(spec: NetSpec, k: int = 4) -> tuple[float, float, float]:
     """(E[g(M)], E[g(M)²], E[g'(M)²]) for M the max of k iid N(0, 1), by quadrature."""
     from gradscope.activations import norm_cdf
-    from gradscope.gaussian import integrate
+    from gradscope.theory.gaussian import integrate
 
     act = spec.activation
 
@@ -155,7 +155,7 @@ def max_activation_moments(spec: NetSpec, k: int = 4) -> tuple[float, float, flo
 
 def _normalised_recursion(spec: NetSpec) -> Prediction:
     """Per-element variances through conv (or linear) → norm → activation [→ 2×2 max-pool]."""
-    from gradscope.convnets import conv_weight_std
+    from gradscope.engine.conv import conv_weight_std
 
     act = spec.activation
     pieces = act.pieces()

@@ -25,8 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gradscope.errors import SpecError
-from gradscope.nets import (
+from gradscope.engine.mlp import (
     CONV_KERNEL,
     NORM_EPS,
     TRUNC_STD,
@@ -39,6 +38,7 @@ from gradscope.nets import (
     repeat_seed,
     torch_dtype,
 )
+from gradscope.errors import SpecError
 
 if TYPE_CHECKING:
     import torch

@@ -10,9 +10,9 @@ from typing import Annotated, Any
 
 import typer
 
-from gradscope.commands.common import note, warn
+from gradscope.cli.common import note, warn
 from gradscope.errors import RecordsError, SpecError
-from gradscope.plot_kinds import PlotWarning, RecordKind
+from gradscope.plot.kinds import PlotWarning, RecordKind
 from gradscope.records import Row, read_records
 
 
@@ -21,7 +21,7 @@ def plot_to_file(rows: Iterable[Any], out: Path, **options: Any) -> None:
 
     This is what ``simulate --plot`` and ``inspect-checkpoint --plot`` call.
     """
-    from gradscope.plot import plot_records  # matplotlib loads only when a figure is drawn
+    from gradscope.plot.figure import plot_records  # matplotlib loads only when a figure is drawn
 
     with _warnings_on_stderr():
         plot_records(rows, out, **options)
@@ -86,7 +86,7 @@ def plot_command(
 
       gradscope plot runs.csv --x width --y fitted_rate --terminal
     """
-    from gradscope.plot import build_spec, default_output, detect_kind, figure_format
+    from gradscope.plot.figure import build_spec, default_output, detect_kind, figure_format
 
     rows = _read_all(files)
     figure_size = _parse_size(size) if size is not None else None
@@ -96,7 +96,7 @@ def plot_command(
     if terminal:
         from rich.console import Console
 
-        from gradscope.terminal import render_preview
+        from gradscope.plot.terminal import render_preview
 
         with _warnings_on_stderr():
             spec = build_spec(rows, reverse_x=reverse_x, **options)
@@ -112,7 +112,7 @@ def plot_command(
 
 
 def _read_all(files: list[str]) -> list[Row]:
-    from gradscope.plot import detect_kind
+    from gradscope.plot.figure import detect_kind
 
     if files.count("-") > 1:
         raise SpecError("stdin (-) can be read only once; give - at most one time")

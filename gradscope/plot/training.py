@@ -2,7 +2,8 @@
 gradient norm per configuration, and BatchNorm σ against layer at the last recorded step.
 
 Consumes records only (dataclasses, dicts, or rows read from CSV/JSON), never a model; no torch,
-no pyplot. :func:`plot_records` in :mod:`gradscope.plot` hands rows with a ``step`` column here.
+no pyplot. :func:`plot_records` in :mod:`gradscope.plot.figure` hands rows with a ``step``
+column here.
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ def training_figure(
         sig = np.array([_float(r.get("sigma")) for r in rows])
         sig = sig[np.isfinite(sig) & (sig > 0)]
         if sig.size:
-            from gradscope.plot import _plain_log_labels
+            from gradscope.plot.figure import _plain_log_labels
 
             _plain_log_labels(ax, float(np.log10(sig.max() / sig.min())))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -202,7 +203,7 @@ def plot_training(
 ) -> Figure:
     """:func:`training_figure`, written to ``out`` (.png, .svg or .pdf) when given, whole or not
     at all. ``style`` is a matplotlib style name."""
-    from gradscope.plot import figure_bytes, figure_format
+    from gradscope.plot.figure import figure_bytes, figure_format
 
     path = Path(out) if out is not None else None
     if path is not None:

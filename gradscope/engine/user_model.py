@@ -639,7 +639,7 @@ def model_records(
     run: ModelRun, seed: int = 0
 ) -> tuple[list[ModelLayerRecord], list[ModelSummaryRecord]]:
     """Per-layer statistics (mean, std, SEM, t-interval) and per-path growth summaries."""
-    from gradscope.stats import LayerStats, bootstrap_rate_ci, half_rates, log_linear_rate
+    from gradscope.theory.stats import LayerStats, bootstrap_rate_ci, half_rates, log_linear_rate
 
     depth = len(run.layers)
     stats = LayerStats(depth)

@@ -1,7 +1,8 @@
 """The training engine behind ``simulate --train-steps``: does training fix an exploding gradient?
 
-Each repeat builds the synthetic net of a :class:`~gradscope.nets.NetSpec` with the very weights
-``simulate`` measures at initialisation (:func:`gradscope.nets.draw_repeat`), adds a trained
+Each repeat builds the synthetic net of a :class:`~gradscope.engine.mlp.NetSpec` with the very
+weights
+``simulate`` measures at initialisation (:func:`gradscope.engine.mlp.draw_repeat`), adds a trained
 linear read-out head, and trains it on a synthetic task that needs no download:
 
 - ``teacher``: regression (mean squared error) on the outputs of a fixed random two-layer tanh
@@ -47,8 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gradscope.errors import SpecError
-from gradscope.nets import (
+from gradscope.engine.mlp import (
     NORM_EPS,
     Arch,
     Device,
@@ -60,8 +60,9 @@ from gradscope.nets import (
     resolve_device,
     torch_dtype,
 )
-from gradscope.simulate import default_workers
-from gradscope.stats import LayerStats, bootstrap_rate_ci, log_linear_rate
+from gradscope.engine.simulate import default_workers
+from gradscope.errors import SpecError
+from gradscope.theory.stats import LayerStats, bootstrap_rate_ci, log_linear_rate
 
 if TYPE_CHECKING:
     import torch
@@ -631,7 +632,7 @@ def build_train_records(
     resamples: int = 1000,
 ) -> tuple[list[TrainRecord], list[TrainSummary], list[WeightGrowthRecord]]:
     """Per-layer records and per-step summaries over repeats, and the weight-growth check."""
-    from gradscope.theory import predict
+    from gradscope.theory.predict import predict
 
     repeats = len(traces)
     cols = _config_columns(spec, config, repeats)
@@ -801,7 +802,7 @@ def train(
     (same seed), and trains on the task drawn for (seed, task, width, classes, samples, k).
 
     Args:
-        specs: one configuration or several (see :func:`gradscope.simulate.build_specs`).
+        specs: one configuration or several (see :func:`gradscope.engine.simulate.build_specs`).
         task: ``teacher`` (regression), ``gaussian-classes`` or ``random-labels``.
         optimizer: ``sgd``, ``momentum`` (SGD with ``momentum``) or ``adam``.
         lr, weight_decay: learning rate and L2 weight decay (PyTorch's ``weight_decay``).

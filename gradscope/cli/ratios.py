@@ -6,9 +6,9 @@ from typing import Annotated
 
 import typer
 
-from gradscope.commands.common import FormatOpt, OutputOpt
+from gradscope.cli.common import FormatOpt, OutputOpt
 from gradscope.output import Format, emit
-from gradscope.ratios import LinearInit, parse_input_std, ratios
+from gradscope.theory.ratios import LinearInit, parse_input_std, ratios
 
 
 def ratios_command(

@@ -1,6 +1,7 @@
 """Terminal previews of a plot: unicode braille lines, or bars for a bar chart (no torch).
 
-A preview draws the same :class:`~gradscope.plot.PlotSpec` as the figure, so a one-liner shows
+A preview draws the same :class:`~gradscope.plot.figure.PlotSpec` as the figure, so a one-liner
+shows
 the shape of the data without opening a file.
 """
 
@@ -12,7 +13,7 @@ import numpy as np
 from rich.console import Group
 from rich.text import Text
 
-from gradscope.plot import PlotSpec
+from gradscope.plot.figure import PlotSpec
 
 PALETTE = ("cyan", "magenta", "yellow", "green", "red", "blue", "bright_white")
 BRAILLE_BASE = 0x2800

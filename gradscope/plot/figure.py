@@ -3,7 +3,7 @@
 Plotting consumes rows (dataclass records or dicts), never a model, and never imports torch.
 It uses matplotlib's object API on the Agg canvas: no window and no global pyplot state.
 Two steps keep the figure and the terminal preview in agreement: :func:`build_spec` turns rows
-into series (pure data), then :func:`draw_figure` (or :mod:`gradscope.terminal`) draws them.
+into series (pure data), then :func:`draw_figure` (or :mod:`gradscope.plot.terminal`) draws them.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from matplotlib.figure import Figure
 
 from gradscope.errors import OutputError, RecordsError, SpecError
 from gradscope.output import check_output_path, write_atomic
-from gradscope.plot_kinds import PlotWarning, RecordKind
-from gradscope.plot_train import is_training_rows, plot_training
+from gradscope.plot.kinds import PlotWarning, RecordKind
+from gradscope.plot.training import is_training_rows, plot_training
 from gradscope.records import Row, as_rows, unique
 
 DEFAULT_SIZE = (7.0, 4.5)

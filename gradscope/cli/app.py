@@ -8,11 +8,11 @@ from typing import Annotated
 import typer
 
 from gradscope._version import __version__
-from gradscope.commands.common import user_errors
-from gradscope.commands.inspect_checkpoint import inspect_checkpoint_command
-from gradscope.commands.plot import plot_command
-from gradscope.commands.ratios import ratios_command
-from gradscope.commands.simulate import simulate_command
+from gradscope.cli.common import user_errors
+from gradscope.cli.inspect_checkpoint import inspect_checkpoint_command
+from gradscope.cli.plot import plot_command
+from gradscope.cli.ratios import ratios_command
+from gradscope.cli.simulate import simulate_command
 
 app = typer.Typer(
     name="gradscope",

@@ -1,6 +1,7 @@
 """The ``simulate`` engine: fresh random nets, forward and hand-written backward, per-layer records.
 
-One repeat draws its weights, input and output derivative (:func:`gradscope.nets.draw_repeat`),
+One repeat draws its weights, input and output derivative
+(:func:`gradscope.engine.mlp.draw_repeat`),
 runs the forward pass keeping what the backward needs, and runs the backward pass by hand
 (fused ATen kernels for the norm layers and activation derivatives; no autograd graph), giving
 per layer the Frobenius norm of the weight gradient, the variance of the layer's output and the
@@ -21,9 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import sys
 import threading
-import types
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,8 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gradscope.activations import SELU_ALPHA, SELU_SCALE, ActivationSpec, parse_activation
-from gradscope.errors import ResourceError, SpecError
-from gradscope.nets import (
+from gradscope.engine.mlp import (
     DEFAULT_IMAGE_SIZE,
     NORM_EPS,
     Arch,
@@ -51,8 +49,9 @@ from gradscope.nets import (
     resolve_init,
     torch_dtype,
 )
-from gradscope.stats import LayerStats, bootstrap_rate_ci, half_rates, log_linear_rate
-from gradscope.theory import Prediction, predict
+from gradscope.errors import ResourceError, SpecError
+from gradscope.theory.predict import Prediction, predict
+from gradscope.theory.stats import LayerStats, bootstrap_rate_ci, half_rates, log_linear_rate
 
 if TYPE_CHECKING:
     import torch
@@ -538,7 +537,7 @@ def _run_one_conv(
 ) -> RepeatValues:
     import torch
 
-    from gradscope.convnets import conv_forward_backward, draw_conv_repeat
+    from gradscope.engine.conv import conv_forward_backward, draw_conv_repeat
 
     draw = getattr(local, "conv_draw", None)
     if getattr(local, "conv_spec", None) != (spec.channels, spec.spatial, spec.batch, dtype):
@@ -707,7 +706,7 @@ def _fork_available() -> bool:
 
 def _work_flop(spec: NetSpec, repeats: int) -> float:
     if spec.arch.is_conv:
-        from gradscope.convnets import conv_flop
+        from gradscope.engine.conv import conv_flop
 
         return repeats * conv_flop(spec)
     return 6.0 * repeats * spec.depth * spec.batch * spec.width**2
@@ -1206,13 +1205,3 @@ __all__ = [
     "forward_backward",
     "simulate",
 ]
-
-
-class _CallableModule(types.ModuleType):
-    """``gradscope.simulate(...)`` is the API even once this module (same name) is imported."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> SimulationResult:
-        return simulate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -22,7 +22,7 @@ import numpy as np
 
 from gradscope.activations import COMMON, ActivationSpec, norm_cdf, parse_activation
 from gradscope.errors import SpecError
-from gradscope.gaussian import integrate, piecewise_linear_moments
+from gradscope.theory.gaussian import integrate, piecewise_linear_moments
 
 _EPS = float(np.finfo(float).eps)
 
@@ -206,7 +206,7 @@ def activation_ratios(spec: ActivationSpec, input_std: float = 1.0, depth: int =
 
 def expression_ratios(text: str, input_std: float = 1.0, depth: int = 20) -> RatioRecord:
     """The ratios of a user activation given as an expression in x (needs SymPy)."""
-    from gradscope.expr import parse_expression
+    from gradscope.theory.expr import parse_expression
 
     e = parse_expression(text)
     m = activation_moments(e.g, e.dg, input_std, e.kinks)

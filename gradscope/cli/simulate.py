@@ -17,13 +17,13 @@ from typing import Annotated, Any
 
 import typer
 
-from gradscope.commands.common import FormatOpt, OutputOpt, note, parse_list, warn
-from gradscope.commands.plot import plot_to_file
+from gradscope.cli.common import FormatOpt, OutputOpt, note, parse_list, warn
+from gradscope.cli.plot import plot_to_file
+from gradscope.engine.mlp import Arch, Device, Dtype, Init, Norm, NormPosition, ResidualScale
+from gradscope.engine.train import Optimizer, Task
+from gradscope.engine.user_model import Reinit
 from gradscope.errors import SpecError
-from gradscope.model import Reinit
-from gradscope.nets import Arch, Device, Dtype, Init, Norm, NormPosition, ResidualScale
 from gradscope.output import Format, check_output_path, emit
-from gradscope.train import Optimizer, Task
 
 
 class ProgressMode(str, Enum):
@@ -350,7 +350,7 @@ def simulate_command(
         resolve_format(fmt, False, output)
         check_output_path(output)
     if plot is not None:
-        from gradscope.plot import figure_format
+        from gradscope.plot.figure import figure_format
 
         figure_format(plot)
         check_output_path(plot)
@@ -410,7 +410,7 @@ def simulate_command(
             "with --batch 2, BatchNorm maps every unit to ±1: the theory (large batches) does "
             "not apply, and a Finding is expected"
         )
-    from gradscope.simulate import build_specs, simulate
+    from gradscope.engine.simulate import build_specs, simulate
 
     if train_steps > 0:
         conv = [a.value for a in archs if a.is_conv]
@@ -526,9 +526,14 @@ def _run_model(
     fmt: Format, output: Path | None,
 ) -> None:  # fmt: skip
     """``--model``: per-module gradient statistics of the user's own network."""
-    from gradscope.model import ModelSpec, model_records, parse_input_shape, parse_model_args
-    from gradscope.model import run_model as run_user_model
-    from gradscope.nets import resolve_device
+    from gradscope.engine.mlp import resolve_device
+    from gradscope.engine.user_model import (
+        ModelSpec,
+        model_records,
+        parse_input_shape,
+        parse_model_args,
+    )
+    from gradscope.engine.user_model import run_model as run_user_model
 
     if input_shape is None:
         raise SpecError("--model needs --input-shape, the shape of one sample (e.g. 3,32,32)")
@@ -616,8 +621,8 @@ def _run_training(
     plot: Path | None, fmt: Format, output: Path | None,
 ) -> None:  # fmt: skip
     """``--train-steps``: records over training, the weight-growth check, a checkpoint."""
+    from gradscope.engine.train import train
     from gradscope.output import resolve_format
-    from gradscope.train import train
 
     _check_outputs(output, plot, save_checkpoint, growth)
     if growth is not None:

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from gradscope.errors import CheckpointError
-from gradscope.fit import fit_log_linear
+from gradscope.theory.fit import fit_log_linear
 
 DEFAULT_EPS = 1e-5
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar", ".pkl")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradscope.fit import student_t_quantile
+from gradscope.theory.fit import student_t_quantile
 
 
 @dataclass

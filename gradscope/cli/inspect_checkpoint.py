@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from gradscope.commands.common import FormatOpt, OutputOpt, note
+from gradscope.cli.common import FormatOpt, OutputOpt, note
 from gradscope.errors import OutputError
 from gradscope.output import Format, check_output_path, emit
 
@@ -80,14 +80,14 @@ def inspect_checkpoint_command(
     """
     # Fail on unusable output paths before reading anything.
     if plot is not None:
-        from gradscope.plot import figure_format
+        from gradscope.plot.figure import figure_format
 
         figure_format(plot)
         check_output_path(plot)
     if output is not None:
         check_output_path(output)
 
-    from gradscope.checkpoint import inspect_checkpoint
+    from gradscope.checkpoint.reader import inspect_checkpoint
 
     result = inspect_checkpoint(sources, key=key, trust_pickle=trust_pickle, weights=weights)
     for message in result.notes:
@@ -114,7 +114,7 @@ def inspect_checkpoint_command(
             summary_title="sigma growth per layer from deep to shallow (and largest jumps)",
         )
     if plot is not None and result.records and not weights:
-        from gradscope.plot import plot_records
+        from gradscope.plot.figure import plot_records
 
         plot_records(result.records, out=plot)
         note(f"wrote {plot}")
