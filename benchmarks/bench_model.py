@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from gradscope.engine.user_model import ModelSpec, Reinit, resolve_factory, run_model
+from gradscope.engine.user_model import ModelSpec, resolve_factory, run_model
+from gradscope.options import Reinit
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = [

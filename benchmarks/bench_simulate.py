@@ -43,7 +43,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from gradscope.engine.simulate import Backend, build_specs, make_process_pool, run_configuration
+from gradscope.engine.simulate import build_specs, make_process_pool, run_configuration
+from gradscope.options import Backend
 
 DEPTH, WIDTH, BATCH = 20, 256, 128
 

@@ -33,3 +33,7 @@ class OutputError(GradscopeError):
 
 class ResourceError(GradscopeError):
     """A job would exceed a resource limit (memory) and was refused before starting."""
+
+
+class PlotWarning(UserWarning):
+    """Something in the records was left out of the figure (non-positive values on a log axis)."""

@@ -9,20 +9,12 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterable, Sequence
-from enum import Enum
 from pathlib import Path
 from typing import IO, Any
 
 from gradscope.errors import OutputError
+from gradscope.options import Format
 from gradscope.records import as_rows, to_csv, to_json
-
-
-class Format(str, Enum):
-    auto = "auto"
-    table = "table"
-    csv = "csv"
-    json = "json"
-
 
 SUFFIX_FORMATS = {".csv": Format.csv, ".json": Format.json, ".txt": Format.table}
 

@@ -11,9 +11,10 @@ from torch import nn
 
 from gradscope.activations import parse_activation
 from gradscope.engine.conv import conv_forward_backward, draw_conv_repeat
-from gradscope.engine.mlp import Arch, Dtype, Init, NetSpec, Norm, NormPosition, ResidualScale
+from gradscope.engine.mlp import NetSpec
 from gradscope.engine.simulate import activation_backward, build_specs, forward_backward, simulate
 from gradscope.errors import SpecError
+from gradscope.options import Arch, Dtype, Init, Norm, NormPosition, ResidualScale
 
 
 def conv_spec(

@@ -15,7 +15,6 @@ from torch import nn
 from gradscope.engine.user_model import (
     ModelError,
     ModelSpec,
-    Reinit,
     model_records,
     model_seed,
     parse_input_shape,
@@ -23,6 +22,7 @@ from gradscope.engine.user_model import (
     run_model,
 )
 from gradscope.errors import SpecError
+from gradscope.options import Reinit
 
 ROOT = Path(__file__).resolve().parents[1]
 RESNET = str(ROOT / "examples" / "resnet.py") + ":make_model"

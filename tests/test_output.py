@@ -13,14 +13,8 @@ from pathlib import Path
 import pytest
 
 from gradscope.errors import OutputError, RecordsError
-from gradscope.output import (
-    Format,
-    emit,
-    format_cell,
-    print_table,
-    resolve_format,
-    write_atomic,
-)
+from gradscope.options import Format
+from gradscope.output import emit, format_cell, print_table, resolve_format, write_atomic
 from gradscope.records import parse_csv, read_records, to_csv, to_json
 
 

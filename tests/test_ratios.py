@@ -10,8 +10,8 @@ import pytest
 
 from gradscope.activations import ACTIVATIONS, parse_activation
 from gradscope.errors import ExpressionError, SpecError
+from gradscope.options import LinearInit
 from gradscope.theory.ratios import (
-    LinearInit,
     activation_ratios,
     batchnorm_ratios,
     expression_ratios,

@@ -10,22 +10,14 @@ import torch
 from torch import nn
 
 from gradscope.activations import parse_activation
-from gradscope.engine.mlp import (
-    Arch,
-    Dtype,
-    Init,
-    NetSpec,
-    Norm,
-    ResidualScale,
-    draw_repeat,
-    repeat_seed,
-)
+from gradscope.engine.mlp import NetSpec, draw_repeat, repeat_seed
 from gradscope.engine.simulate import (
     _intra_op_threads,
     forward_backward,
     run_configuration,
     simulate,
 )
+from gradscope.options import Arch, Dtype, Init, Norm, ResidualScale
 
 
 def make_spec(
@@ -221,7 +213,8 @@ def test_c_identity_net_overflow_is_reported_not_hidden() -> None:
 
 
 def test_worker_processes_give_the_same_bits() -> None:
-    from gradscope.engine.simulate import Backend, make_process_pool
+    from gradscope.engine.simulate import make_process_pool
+    from gradscope.options import Backend
 
     spec = make_spec(arch="resnet", activation="selu", depth=6, width=32, batch=16)
     one = run_configuration(spec, 9, seed=4, workers=1)

@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from gradscope.errors import GradscopeError
-from gradscope.output import Format
+from gradscope.options import Format
 
 F = TypeVar("F", bound=Callable[..., Any])
 

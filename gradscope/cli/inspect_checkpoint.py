@@ -9,7 +9,8 @@ import typer
 
 from gradscope.cli.common import FormatOpt, OutputOpt, note
 from gradscope.errors import OutputError
-from gradscope.output import Format, check_output_path, emit
+from gradscope.options import Format
+from gradscope.output import check_output_path, emit
 
 
 def inspect_checkpoint_command(

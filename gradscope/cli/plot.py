@@ -11,8 +11,8 @@ from typing import Annotated, Any
 import typer
 
 from gradscope.cli.common import note, warn
-from gradscope.errors import RecordsError, SpecError
-from gradscope.plot.kinds import PlotWarning, RecordKind
+from gradscope.errors import PlotWarning, RecordsError, SpecError
+from gradscope.options import RecordKind
 from gradscope.records import Row, read_records
 
 

@@ -7,8 +7,9 @@ from typing import Annotated
 import typer
 
 from gradscope.cli.common import FormatOpt, OutputOpt
-from gradscope.output import Format, emit
-from gradscope.theory.ratios import LinearInit, parse_input_std, ratios
+from gradscope.options import Format, LinearInit
+from gradscope.output import emit
+from gradscope.theory.ratios import parse_input_std, ratios
 
 
 def ratios_command(

@@ -11,7 +11,6 @@ import signal
 import sys
 import threading
 import time
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,18 +18,22 @@ import typer
 
 from gradscope.cli.common import FormatOpt, OutputOpt, note, parse_list, warn
 from gradscope.cli.plot import plot_to_file
-from gradscope.engine.mlp import Arch, Device, Dtype, Init, Norm, NormPosition, ResidualScale
-from gradscope.engine.train import Optimizer, Task
-from gradscope.engine.user_model import Reinit
 from gradscope.errors import SpecError
-from gradscope.output import Format, check_output_path, emit
-
-
-class ProgressMode(str, Enum):
-    auto = "auto"
-    log = "log"
-    none = "none"
-
+from gradscope.options import (
+    Arch,
+    Device,
+    Dtype,
+    Format,
+    Init,
+    Norm,
+    NormPosition,
+    Optimizer,
+    ProgressMode,
+    Reinit,
+    ResidualScale,
+    Task,
+)
+from gradscope.output import check_output_path, emit
 
 _UNITS = {"": 1, "b": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 _IUNITS = {"ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30, "ti": 1 << 40}

@@ -25,20 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gradscope.engine.mlp import (
-    CONV_KERNEL,
-    NORM_EPS,
-    TRUNC_STD,
-    Arch,
-    Dtype,
-    Init,
-    NetSpec,
-    Norm,
-    NormPosition,
-    repeat_seed,
-    torch_dtype,
-)
+from gradscope.engine.mlp import CONV_KERNEL, NORM_EPS, TRUNC_STD, NetSpec, repeat_seed, torch_dtype
 from gradscope.errors import SpecError
+from gradscope.options import Arch, Dtype, Init, Norm, NormPosition
 
 if TYPE_CHECKING:
     import torch

@@ -13,71 +13,14 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from gradscope.activations import ActivationSpec
 from gradscope.errors import SpecError
+from gradscope.options import Arch, Device, Dtype, Init, Norm, NormPosition, ResidualScale
 
 if TYPE_CHECKING:
     import torch
-
-
-class Arch(str, Enum):
-    plain = "plain"
-    resnet = "resnet"
-    plain_conv = "plain-conv"
-    resnet_conv = "resnet-conv"
-
-    @property
-    def is_conv(self) -> bool:
-        return self in (Arch.plain_conv, Arch.resnet_conv)
-
-    @property
-    def is_resnet(self) -> bool:
-        return self in (Arch.resnet, Arch.resnet_conv)
-
-
-class NormPosition(str, Enum):
-    """Where a residual block normalises: after each weight layer (the paper's basic block,
-    ``post``) or at the start of each branch layer, x + W2·g(norm(W1·g(norm(x)))) (``pre``)."""
-
-    post = "post"
-    pre = "pre"
-
-
-class Norm(str, Enum):
-    batchnorm = "batchnorm"
-    layernorm = "layernorm"
-    none = "none"
-
-
-class Init(str, Enum):
-    auto = "auto"
-    he = "he"
-    lecun = "lecun"
-    xavier_normal = "xavier-normal"
-    xavier_uniform = "xavier-uniform"
-    truncated_normal = "truncated-normal"
-    orthogonal = "orthogonal"
-    identity = "identity"
-
-
-class ResidualScale(str, Enum):
-    none = "none"
-    invsqrt_depth = "invsqrt-depth"
-    zero_gamma = "zero-gamma"
-
-
-class Dtype(str, Enum):
-    float32 = "float32"
-    float64 = "float64"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 NORM_EPS = 1e-5

@@ -26,7 +26,6 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,21 +34,15 @@ from gradscope.activations import SELU_ALPHA, SELU_SCALE, ActivationSpec, parse_
 from gradscope.engine.mlp import (
     DEFAULT_IMAGE_SIZE,
     NORM_EPS,
-    Arch,
-    Device,
-    Dtype,
-    Init,
     NetSpec,
-    Norm,
-    NormPosition,
     RepeatDraw,
-    ResidualScale,
     draw_repeat,
     resolve_device,
     resolve_init,
     torch_dtype,
 )
 from gradscope.errors import ResourceError, SpecError
+from gradscope.options import Arch, Backend, Device, Dtype, Init, Norm, NormPosition, ResidualScale
 from gradscope.theory.predict import Prediction, predict
 from gradscope.theory.stats import LayerStats, bootstrap_rate_ci, half_rates, log_linear_rate
 
@@ -637,14 +630,6 @@ def default_workers(device: str) -> int:
         return max(1, os.cpu_count() or 1)
 
 
-class Backend(str, Enum):
-    """How CPU workers run: ``auto`` picks processes for long jobs, threads for short ones."""
-
-    auto = "auto"
-    threads = "threads"
-    processes = "processes"
-
-
 # Below this much arithmetic (≈ 2 s of work on one core) starting worker processes costs more
 # than it saves: threads are used instead.
 PROCESS_MIN_FLOP = 3e11
@@ -1187,21 +1172,3 @@ def simulate(
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
     return result
-
-
-__all__ = [
-    "Arch",
-    "Backend",
-    "Device",
-    "Dtype",
-    "Init",
-    "Norm",
-    "NormPosition",
-    "ResidualScale",
-    "SimulateRecord",
-    "SimulateSummary",
-    "SimulationResult",
-    "build_specs",
-    "forward_backward",
-    "simulate",
-]

@@ -42,26 +42,15 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gradscope.engine.mlp import (
-    NORM_EPS,
-    Arch,
-    Device,
-    Dtype,
-    NetSpec,
-    Norm,
-    ResidualScale,
-    draw_repeat,
-    resolve_device,
-    torch_dtype,
-)
+from gradscope.engine.mlp import NORM_EPS, NetSpec, draw_repeat, resolve_device, torch_dtype
 from gradscope.engine.simulate import default_workers
 from gradscope.errors import SpecError
+from gradscope.options import Arch, Device, Dtype, Norm, Optimizer, ResidualScale, Task
 from gradscope.theory.stats import LayerStats, bootstrap_rate_ci, log_linear_rate
 
 if TYPE_CHECKING:
@@ -72,18 +61,6 @@ ProgressFn = Callable[[int, int], None]
 BN_MOMENTUM = 0.1  # PyTorch's BatchNorm1d default: running_var ← 0.9·running_var + 0.1·var
 CLIP_EPS = 1e-6  # as torch.nn.utils.clip_grad_norm_
 PROGRESS_EVERY = 10  # steps between progress callbacks
-
-
-class Task(str, Enum):
-    teacher = "teacher"
-    gaussian_classes = "gaussian-classes"
-    random_labels = "random-labels"
-
-
-class Optimizer(str, Enum):
-    sgd = "sgd"
-    momentum = "momentum"
-    adam = "adam"
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,13 +26,13 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gradscope.errors import GradscopeError, SpecError
+from gradscope.options import Reinit
 
 if TYPE_CHECKING:
     import torch
@@ -41,14 +41,6 @@ if TYPE_CHECKING:
 
 class ModelError(GradscopeError):
     """The user's model cannot be loaded, built or run; the message carries the model's own."""
-
-
-class Reinit(str, Enum):
-    """How each repeat gets fresh parameters."""
-
-    auto = "auto"  # reset when it is bit-for-bit equivalent to calling the factory, else factory
-    factory = "factory"  # call the factory again
-    reset = "reset"  # re-run each module's reset_parameters()
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ import math
 import textwrap
 import warnings
 from collections.abc import Iterable, Sequence
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +22,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from gradscope.errors import OutputError, RecordsError, SpecError
+from gradscope.errors import OutputError, PlotWarning, RecordsError, SpecError
+from gradscope.options import FigureFormat, Interval, RecordKind
 from gradscope.output import check_output_path, write_atomic
-from gradscope.plot.kinds import PlotWarning, RecordKind
 from gradscope.plot.training import is_training_rows, plot_training
 from gradscope.records import Row, as_rows, unique
 
@@ -34,19 +33,6 @@ DEFAULT_DPI = 150
 MAX_INLINE_LEGEND = 6  # more legend entries than this go outside the axes
 MAX_MARKED_POINTS = 40  # longer lines are drawn without point markers
 PLAIN_LOG_LABELS_BELOW = 2.0  # decades: narrower log axes get plain tick labels
-
-
-class FigureFormat(str, Enum):
-    png = "png"
-    svg = "svg"
-    pdf = "pdf"
-
-
-class Interval(str, Enum):
-    """How a confidence interval is drawn."""
-
-    band = "band"
-    bars = "bars"
 
 
 # Columns that are not configuration: measurements and per-row descriptors. Every other column

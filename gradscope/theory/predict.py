@@ -40,7 +40,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradscope.engine.mlp import Init, NetSpec, Norm, ResidualScale
+from gradscope.engine.mlp import NetSpec
+from gradscope.options import Init, Norm, ResidualScale
 from gradscope.theory.ratios import activation_moments
 from gradscope.theory.stats import log_linear_rate
 

@@ -16,28 +16,15 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from enum import Enum
 
 import numpy as np
 
 from gradscope.activations import COMMON, ActivationSpec, norm_cdf, parse_activation
 from gradscope.errors import SpecError
+from gradscope.options import LinearInit, Method
 from gradscope.theory.gaussian import integrate, piecewise_linear_moments
 
 _EPS = float(np.finfo(float).eps)
-
-
-class LinearInit(str, Enum):
-    """Weight initialisations for ``linear:DOUTxDIN`` rows."""
-
-    he = "he"
-    lecun = "lecun"
-    glorot = "glorot"
-
-
-class Method(str, Enum):
-    closed_form = "closed-form"
-    quadrature = "quadrature"
 
 
 @dataclass(frozen=True)
