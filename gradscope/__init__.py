@@ -19,7 +19,7 @@ _LAZY = {
     "operator_ratios": "gradscope.theory.ratios",
     "activation_ratios": "gradscope.theory.ratios",
     "expression_ratios": "gradscope.theory.ratios",
-    "RatioRecord": "gradscope.theory.ratios",
+    "RatioRecord": "gradscope.schema",
     "parse_activation": "gradscope.activations",
     "read_records": "gradscope.records",
     "simulate": "gradscope.engine.simulate",

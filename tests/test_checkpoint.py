@@ -33,17 +33,11 @@ from ckpt_factory import (
 from torch import nn
 from typer.testing import CliRunner
 
-from gradscope.checkpoint.reader import (
-    CheckpointRecord,
-    CheckpointSummaryRecord,
-    WeightRecord,
-    batchnorm_records,
-    inspect_checkpoint,
-    open_checkpoint,
-)
+from gradscope.checkpoint.reader import batchnorm_records, inspect_checkpoint, open_checkpoint
 from gradscope.cli import app
 from gradscope.errors import CheckpointError
 from gradscope.records import schema
+from gradscope.schema import CheckpointRecord, CheckpointSummaryRecord, WeightRecord
 
 runner = CliRunner()
 BN_NAMES = [f"features.{bi}" for _, bi, _, _ in bn_layout()]

@@ -16,10 +16,11 @@ from torch import nn
 from gradscope.checkpoint.reader import inspect_checkpoint
 from gradscope.engine.mlp import NORM_EPS, draw_repeat
 from gradscope.engine.simulate import build_specs
-from gradscope.engine.train import TrainRecord, make_config, make_task_data, train
+from gradscope.engine.train import make_config, make_task_data, train
 from gradscope.errors import RecordsError, SpecError
 from gradscope.options import Dtype, Task
 from gradscope.plot.training import is_training_rows, plot_training, training_figure
+from gradscope.schema import TrainRecord
 
 SEED = 7
 

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from gradscope.errors import CheckpointError
+from gradscope.schema import CheckpointRecord, CheckpointSummaryRecord, WeightRecord
 from gradscope.theory.fit import fit_log_linear
 
 DEFAULT_EPS = 1e-5
@@ -66,64 +67,6 @@ NORM_WITHOUT_STATS = re.compile(r"(layer_?norm|group_?norm|(^|[._])(ln|gn|norm)\
 
 
 # --------------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True)
-class CheckpointRecord:
-    """One BatchNorm layer of one checkpoint, in module order."""
-
-    checkpoint: str
-    index: int
-    name: str
-    num_features: int
-    sigma: float
-    running_var_min: float
-    running_var_max: float
-    running_mean_mean: float | None
-    gamma_mean: float | None
-    beta_mean: float | None
-    eps: float
-    effective_gain: float
-    weight_name: str | None
-    weight_shape: tuple[int, ...] | None
-    weight_fro: float | None
-    forward_ratio: float | None
-    backward_ratio: float | None
-    after_downsample: bool
-    flags: str
-
-
-@dataclass(frozen=True)
-class CheckpointSummaryRecord:
-    """A growth fit of sigma from deep to shallow layers (``scope`` ``all``/``segment k``),
-    or one of the largest jumps between consecutive layers (``scope`` ``jump``)."""
-
-    checkpoint: str
-    scope: str
-    from_index: int
-    to_index: int
-    n_layers: int
-    rate_per_layer: float | None
-    rate_ci_low: float | None
-    rate_ci_high: float | None
-    growth_per_layer: float | None
-    r_squared: float | None
-    sigma_ratio: float | None
-
-
-@dataclass(frozen=True)
-class WeightRecord:
-    """One weight tensor (2-d or more) of one checkpoint, with its norms and ratios."""
-
-    checkpoint: str
-    index: int
-    name: str
-    shape: tuple[int, ...]
-    numel: int
-    fro: float
-    rms: float
-    forward_ratio: float
-    backward_ratio: float
 
 
 @dataclass

@@ -43,6 +43,7 @@ from gradscope.engine.mlp import (
 )
 from gradscope.errors import ResourceError, SpecError
 from gradscope.options import Arch, Backend, Device, Dtype, Init, Norm, NormPosition, ResidualScale
+from gradscope.schema import SimulateRecord, SimulateSummary
 from gradscope.theory.predict import Prediction, predict
 from gradscope.theory.stats import LayerStats, bootstrap_rate_ci, half_rates, log_linear_rate
 
@@ -54,83 +55,6 @@ ProgressFn = Callable[[int], None]
 
 # --------------------------------------------------------------------------------------------
 # Records
-
-
-@dataclass(frozen=True)
-class SimulateRecord:
-    """One layer of one configuration; the field order is the CSV header."""
-
-    arch: str
-    residual_scale: str
-    norm_position: str
-    activation: str
-    norm: str
-    init: str
-    gain: float
-    depth: int
-    width: int
-    image_size: int | None
-    pool_every: int | None
-    batch: int
-    repeats: int
-    layer: int
-    channels: int
-    spatial: int
-    grad_norm_mean: float
-    grad_norm_std: float | None
-    grad_norm_sem: float | None
-    grad_norm_ci_low: float | None
-    grad_norm_ci_high: float | None
-    forward_var: float
-    backward_var: float
-    pool_input_var: float | None
-    pool_input_backward_var: float | None
-    predicted_grad_norm: float | None
-    predicted_backward_var: float | None
-    prediction_in_ci: bool | None
-    # True when the run was interrupted (Ctrl-C) before every repeat finished: ``repeats``
-    # then counts the completed ones.
-    partial: bool = False
-
-
-@dataclass(frozen=True)
-class SimulateSummary:
-    """One configuration: fitted growth rate per layer (last layer → first) against theory."""
-
-    arch: str
-    residual_scale: str
-    norm_position: str
-    activation: str
-    norm: str
-    init: str
-    gain: float
-    depth: int
-    width: int
-    image_size: int | None
-    pool_every: int | None
-    batch: int
-    repeats: int
-    fitted_rate: float | None
-    fitted_rate_ci_low: float | None
-    fitted_rate_ci_high: float | None
-    predicted_rate: float | None
-    rate_deviation: float | None
-    prediction_in_ci: bool | None
-    r_squared: float | None
-    amplification: float | None
-    rate_first_half: float | None
-    rate_last_half: float | None
-    overflow_layer: int | None
-    overflow_repeats: int
-    # Conv nets with pools: mean over the pools of the measured forward ratio
-    # Var[pool output]/Var[pool input] and backward ratio Var[∂ at input]/Var[∂ at output],
-    # beside theory's (max of 4 iid Gaussians through the activation).
-    pool_forward_ratio: float | None
-    pool_backward_ratio: float | None
-    predicted_pool_forward_ratio: float | None
-    predicted_pool_backward_ratio: float | None
-    partial: bool
-    prediction_basis: str
 
 
 @dataclass

@@ -51,6 +51,7 @@ from gradscope.engine.mlp import NORM_EPS, NetSpec, draw_repeat, resolve_device,
 from gradscope.engine.simulate import default_workers
 from gradscope.errors import SpecError
 from gradscope.options import Arch, Device, Dtype, Norm, Optimizer, ResidualScale, Task
+from gradscope.schema import TrainRecord, TrainSummary, WeightGrowthRecord
 from gradscope.theory.stats import LayerStats, bootstrap_rate_ci, log_linear_rate
 
 if TYPE_CHECKING:
@@ -65,110 +66,6 @@ PROGRESS_EVERY = 10  # steps between progress callbacks
 
 # --------------------------------------------------------------------------------------------
 # Records
-
-
-@dataclass(frozen=True)
-class TrainRecord:
-    """One layer of one configuration at one recorded step (means over repeats)."""
-
-    arch: str
-    residual_scale: str
-    activation: str
-    norm: str
-    init: str
-    gain: float
-    depth: int
-    width: int
-    batch: int
-    repeats: int
-    task: str
-    optimizer: str
-    lr: float
-    weight_decay: float
-    clip_grad_norm: float | None
-    step: int
-    layer: int
-    grad_norm_mean: float
-    grad_norm_std: float | None
-    grad_norm_sem: float | None
-    grad_norm_ci_low: float | None
-    grad_norm_ci_high: float | None
-    weight_norm: float
-    sigma: float | None
-    update_size: float
-    trust_ratio: float | None
-    loss: float
-
-
-@dataclass(frozen=True)
-class TrainSummary:
-    """One configuration at one recorded step: the fitted gradient growth rate per layer
-    (last layer → first, as ``simulate``) and the loss."""
-
-    arch: str
-    residual_scale: str
-    activation: str
-    norm: str
-    init: str
-    gain: float
-    depth: int
-    width: int
-    batch: int
-    repeats: int
-    task: str
-    optimizer: str
-    lr: float
-    weight_decay: float
-    clip_grad_norm: float | None
-    step: int
-    loss: float
-    loss_sem: float | None
-    accuracy: float | None
-    fitted_rate: float | None
-    fitted_rate_ci_low: float | None
-    fitted_rate_ci_high: float | None
-    predicted_rate: float | None
-    r_squared: float | None
-    amplification: float | None
-    sigma_rate: float | None
-    sigma_r_squared: float | None
-    weight_norm_rate: float | None
-    overflow_repeats: int
-
-
-@dataclass(frozen=True)
-class WeightGrowthRecord:
-    """One layer of one configuration: measured against predicted growth of ‖W‖² over training.
-
-    ``predicted_growth`` is set only where the identity holds exactly (plain SGD, weight
-    followed by a norm layer); ``relative_error`` = measured / predicted − 1 of the means,
-    ``max_relative_error`` the largest |measured / predicted − 1| over repeats.
-    """
-
-    arch: str
-    residual_scale: str
-    activation: str
-    norm: str
-    init: str
-    gain: float
-    depth: int
-    width: int
-    batch: int
-    repeats: int
-    task: str
-    optimizer: str
-    lr: float
-    weight_decay: float
-    clip_grad_norm: float | None
-    steps: int
-    layer: int
-    weight_norm_start: float
-    weight_norm_end: float
-    measured_growth: float
-    predicted_growth: float | None
-    relative_error: float | None
-    max_relative_error: float | None
-    prediction_basis: str
 
 
 @dataclass

@@ -33,6 +33,7 @@ import numpy as np
 
 from gradscope.errors import GradscopeError, SpecError
 from gradscope.options import Reinit
+from gradscope.schema import ModelLayerRecord, ModelSummaryRecord
 
 if TYPE_CHECKING:
     import torch
@@ -582,49 +583,6 @@ def _first_tensor(out: Any, label: str) -> torch.Tensor:
 
 
 # Records ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelLayerRecord:
-    """One weight-carrying module of the user's model (``simulate --model``)."""
-
-    model: str
-    batch: int
-    repeats: int
-    layer: int
-    module: str
-    module_type: str
-    param_count: int
-    path: str
-    block: str
-    grad_norm_mean: float
-    grad_norm_std: float
-    grad_norm_sem: float
-    grad_norm_ci_low: float
-    grad_norm_ci_high: float
-    forward_var: float
-    backward_var: float
-
-
-@dataclass(frozen=True)
-class ModelSummaryRecord:
-    """Growth of the gradient norm over the layers of one path, in execution order."""
-
-    model: str
-    batch: int
-    repeats: int
-    path: str
-    layers: int
-    fitted_rate: float
-    fitted_rate_ci_low: float
-    fitted_rate_ci_high: float
-    predicted_rate: float | None
-    r_squared: float
-    amplification: float
-    rate_first_half: float
-    rate_last_half: float
-    overflow_layer: int | None
-    partial: bool
 
 
 def model_records(

@@ -22,29 +22,10 @@ import numpy as np
 from gradscope.activations import COMMON, ActivationSpec, norm_cdf, parse_activation
 from gradscope.errors import SpecError
 from gradscope.options import LinearInit, Method
+from gradscope.schema import RatioRecord
 from gradscope.theory.gaussian import integrate, piecewise_linear_moments
 
 _EPS = float(np.finfo(float).eps)
-
-
-@dataclass(frozen=True)
-class RatioRecord:
-    """One row of ``gradscope ratios``: an operator at one input std."""
-
-    activation: str
-    input_std: float
-    mean_out: float | None
-    second_moment_out: float | None
-    forward_ratio: float
-    backward_ratio: float
-    ratio: float
-    rate_per_layer: float
-    amplification: float
-    depth_to_10x: int | None
-    depth_to_1000x: int | None
-    forward_gain: float | None
-    method: str
-    abs_error: float
 
 
 @dataclass(frozen=True)
