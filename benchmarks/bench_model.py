@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
-from gradscope.engine.user_model import ModelSpec, resolve_factory, run_model
+from gradscope.engine.user_model import resolve_factory, run_model
 from gradscope.options import Reinit
+from gradscope.specs import ModelSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = [

@@ -43,8 +43,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from gradscope.engine.simulate import build_specs, make_process_pool, run_configuration
+from gradscope.engine.simulate import make_process_pool, run_configuration
 from gradscope.options import Backend
+from gradscope.specs import build_specs
 
 DEPTH, WIDTH, BATCH = 20, 256, 128
 

@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradscope.engine.mlp import NORM_EPS, draw_repeat
-from gradscope.engine.simulate import build_specs
-from gradscope.engine.train import make_config, make_task_data, train_repeat
+from gradscope.engine.mlp import draw_repeat
+from gradscope.engine.train import make_task_data, train_repeat
 from gradscope.options import Dtype
+from gradscope.specs import NORM_EPS, build_specs, make_config
 
 
 def baseline(spec: Any, config: Any, seed: int) -> float:

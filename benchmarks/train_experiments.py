@@ -25,11 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from gradscope.api import train
 from gradscope.checkpoint.reader import inspect_checkpoint
-from gradscope.engine.simulate import build_specs
-from gradscope.engine.train import TrainResult, train
+from gradscope.engine.train import TrainResult
 from gradscope.plot.training import plot_training
 from gradscope.records import as_rows, format_csv_value
+from gradscope.specs import build_specs
 from gradscope.theory.stats import log_linear_rate
 
 ROOT = Path(__file__).resolve().parents[1]

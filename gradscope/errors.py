@@ -2,9 +2,34 @@
 
 from __future__ import annotations
 
+import re
+
 
 class GradscopeError(Exception):
-    """A user error. The CLI prints ``Error: <message>`` on stderr and exits 1."""
+    """A user error. The CLI prints ``Error: <message>`` on stderr and exits 1.
+
+    A message names an option by its Python parameter as ``{--name}`` (``{option}`` is short
+    for ``{--<option>}``): ``str(exc)`` reads ``depth must be at least 1`` for the Python
+    API, and :meth:`cli_message` ``--depth must be at least 1`` for the command line.
+    """
+
+    def __init__(self, message: str, *, option: str | None = None) -> None:
+        self.template = (
+            message if option is None else message.replace("{option}", f"{{--{option}}}")
+        )
+        self.option = option
+        super().__init__(_PARAMETER.sub(lambda m: m.group(1), self.template))
+
+    def cli_message(self, flags: dict[str, str] | None = None) -> str:
+        """The message with every option named by its flag (``flags`` maps the parameters
+        whose flag is not ``--`` + the name with dashes)."""
+        names = flags or {}
+        return _PARAMETER.sub(
+            lambda m: names.get(m.group(1)) or "--" + m.group(1).replace("_", "-"), self.template
+        )
+
+
+_PARAMETER = re.compile(r"\{--([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class SpecError(GradscopeError):

@@ -260,7 +260,6 @@ class ModelSummaryRecord(ModelConfig):
     fitted_rate: float = measurement()
     fitted_rate_ci_low: float = measurement()
     fitted_rate_ci_high: float = measurement()
-    predicted_rate: float | None = measurement()
     r_squared: float = measurement()
     amplification: float = measurement()
     rate_first_half: float = measurement()
@@ -361,6 +360,22 @@ class RatioRecord:
     forward_gain: float | None = measurement()
     method: str = descriptor()
     abs_error: float = measurement()
+
+
+# --------------------------------------------------------------------------------------------
+# What every engine run returns
+
+
+@dataclass
+class Result:
+    """The one shape every engine run returns: per-layer ``records``, one ``summary`` record
+    per configuration (or path, or step), ``notes`` for the user (the CLI prints them on
+    stderr), and ``partial`` when a stop request ended the run before every repeat finished."""
+
+    records: list[Any]
+    summary: list[Any]
+    notes: list[str] = field(default_factory=list)
+    partial: bool = False
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,11 +10,12 @@ import torch
 from torch import nn
 
 from gradscope.activations import parse_activation
+from gradscope.api import simulate
 from gradscope.engine.conv import conv_forward_backward, draw_conv_repeat
-from gradscope.engine.mlp import NetSpec
-from gradscope.engine.simulate import activation_backward, build_specs, forward_backward, simulate
+from gradscope.engine.simulate import activation_backward, forward_backward
 from gradscope.errors import SpecError
 from gradscope.options import Arch, Dtype, Init, Norm, NormPosition, ResidualScale
+from gradscope.specs import NetSpec, build_specs
 
 
 def conv_spec(
@@ -232,5 +233,12 @@ def test_results_do_not_depend_on_workers() -> None:
     ],
 )
 def test_bad_conv_options_are_one_sentence(kwargs: dict, message: str) -> None:
-    with pytest.raises(SpecError, match=message):
+    """The CLI names the flag; the Python API names the parameter, never a flag."""
+    with pytest.raises(SpecError) as info:
         build_specs(**kwargs)
+    assert message in info.value.cli_message()
+    python_message = str(info.value)
+    assert "--" not in python_message
+    assert python_message == info.value.cli_message().replace("--pool-every", "pool_every").replace(
+        "--image-size", "image_size"
+    ).replace("--norm-position", "norm_position").replace("--init", "init")

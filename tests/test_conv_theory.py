@@ -9,8 +9,10 @@ import math
 import numpy as np
 import pytest
 
+from gradscope.api import simulate
 from gradscope.engine.conv import conv_forward_backward, draw_conv_repeat
-from gradscope.engine.simulate import activation_backward, build_specs, simulate
+from gradscope.engine.simulate import activation_backward
+from gradscope.specs import build_specs
 from gradscope.theory.predict import max_activation_moments, predict
 from gradscope.theory.ratios import maxpool_ratios
 

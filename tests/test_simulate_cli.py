@@ -82,7 +82,10 @@ def test_summary_records_and_plot(tmp_path: Path) -> None:
         (["--arch", "mlp"], "unknown --arch 'mlp'; choose from plain, resnet"),
         (["--activation", "relu,bogus"], "unknown activation 'bogus'"),
         (["--arch", "resnet", "--depth", "5"], "its depth must be even, got 5"),
-        (["--residual-scale", "zero-gamma"], "applies to --arch resnet only"),
+        (
+            ["--residual-scale", "zero-gamma"],
+            "--residual-scale zero-gamma applies to the resnet archs only",
+        ),
         (["--arch", "resnet", "--norm", "none", "--residual-scale", "zero-gamma"], "zero-gamma"),
         (["--depth", "0"], "depth must be at least 1, got 0"),
         (["--depth", "4,,8"], "comma-separated list without empty items"),

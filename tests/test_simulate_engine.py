@@ -10,14 +10,11 @@ import torch
 from torch import nn
 
 from gradscope.activations import parse_activation
-from gradscope.engine.mlp import NetSpec, draw_repeat, repeat_seed
-from gradscope.engine.simulate import (
-    _intra_op_threads,
-    forward_backward,
-    run_configuration,
-    simulate,
-)
+from gradscope.api import simulate
+from gradscope.engine.mlp import draw_repeat, repeat_seed
+from gradscope.engine.simulate import _intra_op_threads, forward_backward, run_configuration
 from gradscope.options import Arch, Dtype, Init, Norm, ResidualScale
+from gradscope.specs import NetSpec
 
 
 def make_spec(

@@ -167,9 +167,11 @@ def test_outputs_that_cannot_be_backpropagated_are_one_line(
             "--train-steps does not support --model",
         ),
         (["--lr", "0.5"], "--lr applies only with --train-steps"),
+        # Given with its default value is still given (click's parameter source decides).
+        (["--lr", "0.1"], "--lr applies only with --train-steps"),
         (
             ["--task", "teacher", "--weight-decay", "0.1"],
-            "--weight-decay applies only with --train-steps",
+            "--task, --weight-decay apply only with --train-steps",
         ),
         (
             ["--model", PLAIN, "--input-shape", "3,8,8", "--plot", "fig.gif"],

@@ -9,9 +9,9 @@ import pytest
 from scipy import integrate, stats
 
 from gradscope.activations import SELU_ALPHA, SELU_SCALE, parse_activation
-from gradscope.engine.mlp import NetSpec
-from gradscope.engine.simulate import simulate
+from gradscope.api import simulate
 from gradscope.options import Arch, Init, Norm
+from gradscope.specs import NetSpec
 from gradscope.theory.predict import predict
 from gradscope.theory.stats import LayerStats, bootstrap_rate_ci, half_rates, log_linear_rate
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from gradscope.errors import GradscopeError
+from gradscope.errors import GradscopeError, SpecError
 from gradscope.options import Format
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -32,6 +32,10 @@ OutputOpt = Annotated[
         "--output", "-o", help="Write the records to FILE (whole or not at all).", dir_okay=False
     ),
 ]
+
+
+# Engine parameters whose flag is not ``--`` + the name with dashes.
+PARAMETER_FLAGS = {"steps": "--train-steps", "fmt": "--format"}
 
 
 def error(message: str) -> None:
@@ -58,7 +62,7 @@ def user_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except GradscopeError as exc:
-            error(str(exc))
+            error(exc.cli_message(PARAMETER_FLAGS))
             raise typer.Exit(1) from None
         except BrokenPipeError:
             # The reader went away (e.g. `| head`): stop quietly, like other Unix tools.
@@ -74,9 +78,21 @@ def user_errors(func: F) -> F:
 
 def parse_list(text: str, what: str) -> list[str]:
     """Split a comma list, rejecting empty items."""
-    from gradscope.errors import SpecError
-
     items = [t.strip() for t in text.split(",")]
     if not text.strip() or any(not t for t in items):
         raise SpecError(f"{what} must be a comma-separated list without empty items, got {text!r}")
     return items
+
+
+def given_options(ctx: typer.Context) -> set[str]:
+    """The parameters the user gave (on the command line or through an environment
+    variable), from click's parameter source: an option given with its default value counts.
+
+    Compared by name: newer Typer releases vendor their own copy of click's enum.
+    """
+    given = set()
+    for name in ctx.params:
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
+            given.add(name)
+    return given

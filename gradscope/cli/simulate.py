@@ -5,19 +5,18 @@ Imports no torch at start-up: the engine (which imports torch) is imported insid
 
 from __future__ import annotations
 
-import math
 import re
 import signal
-import sys
 import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from gradscope.cli.common import FormatOpt, OutputOpt, note, parse_list, warn
+from gradscope.cli.common import FormatOpt, OutputOpt, given_options, note, parse_list, warn
 from gradscope.cli.plot import plot_to_file
+from gradscope.cli.progress import Progress
 from gradscope.errors import SpecError
 from gradscope.options import (
     Arch,
@@ -33,7 +32,17 @@ from gradscope.options import (
     ResidualScale,
     Task,
 )
-from gradscope.output import check_output_path, emit
+from gradscope.output import check_output_path, emit, write_atomic
+from gradscope.specs import (
+    ModelRequest,
+    ModelSpec,
+    SimulateRequest,
+    TrainRequest,
+    build_specs,
+    make_config,
+    parse_input_shape,
+    parse_model_args,
+)
 
 _UNITS = {"": 1, "b": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 _IUNITS = {"ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30, "ti": 1 << 40}
@@ -43,7 +52,10 @@ def parse_memory(text: str) -> int:
     """``8GiB``, ``500MB``, ``2g`` or a number of bytes."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?)?b?\s*", text.lower())
     if not m:
-        raise SpecError(f"--max-memory must be a size like 4GiB, 500MB or 2000000000, got {text!r}")
+        raise SpecError(
+            f"{{option}} must be a size like 4GiB, 500MB or 2000000000, got {text!r}",
+            option="max_memory",
+        )
     unit = m.group(2) or ""
     factor = _IUNITS[unit] if unit.endswith("i") else _UNITS[unit]
     return int(float(m.group(1)) * factor)
@@ -55,27 +67,29 @@ def _choices(kind: Any) -> str:
 
 def _enum_list(kind: Any, text: str, what: str) -> list[Any]:
     out = []
-    for item in parse_list(text, f"--{what}"):
+    for item in parse_list(text, what):
         try:
             out.append(kind(item.lower()))
         except ValueError:
             raise SpecError(
-                f"unknown --{what} {item!r}; choose from {', '.join(m.value for m in kind)}"
+                f"unknown {{option}} {item!r}; choose from {', '.join(m.value for m in kind)}",
+                option=what,
             ) from None
     return out
 
 
 def _int_list(text: str, what: str) -> list[int]:
     out = []
-    for item in parse_list(text, f"--{what}"):
+    for item in parse_list(text, what):
         try:
             out.append(int(item))
         except ValueError:
-            raise SpecError(f"--{what} takes whole numbers, got {item!r}") from None
+            raise SpecError(f"{{option}} takes whole numbers, got {item!r}", option=what) from None
     return out
 
 
 def simulate_command(
+    ctx: typer.Context,
     arch: Annotated[
         str,
         typer.Option("--arch", metavar="LIST", help=f"{_choices(Arch)}, or a comma list to sweep."),
@@ -340,118 +354,183 @@ def simulate_command(
 
     Training: gradscope simulate --train-steps 500 --task gaussian-classes --weight-decay 0.02
     """
-    if repeats < 1:
-        raise SpecError(f"--repeats must be at least 1, got {repeats}")
-    if not 0 <= seed < 2**63:
-        raise SpecError(f"--seed must be a whole number from 0 to 2**63-1, got {seed}")
-    _progress.mode = progress
-    # Every output is checked before any work, so a bad path never costs a run or leaves one
-    # file written and the other not.
-    if output is not None:
-        from gradscope.output import resolve_format
+    given = given_options(ctx)
+    _run(dict(ctx.params), given)
 
-        resolve_format(fmt, False, output)
-        check_output_path(output)
-    if plot is not None:
+
+# Which options each kind of run reads; any other option the user gives is refused, so that
+# nothing is silently ignored.
+_NET_OPTIONS = {
+    "arch", "activation", "norm", "init", "depth", "width", "gain", "residual_scale",
+    "norm_position", "image_size", "pool_every", "double_channels",
+}  # fmt: skip
+_CONV_OPTIONS = {"image_size", "pool_every", "double_channels"}
+_TRAIN_OPTIONS = {
+    "task", "optimizer", "lr", "momentum", "weight_decay", "clip_grad_norm", "record_every",
+    "classes", "samples", "save_checkpoint", "growth",
+}  # fmt: skip
+_SIMULATE_ENGINE_OPTIONS = {"backend", "max_memory"}
+_MODEL_OPTIONS = {"model_arg", "input_shape", "reinit"}
+
+
+def _flags(names: set[str]) -> str:
+    return ", ".join("--" + n.replace("_", "-") for n in sorted(names))
+
+
+def _refuse_unused_options(p: dict[str, Any], given: set[str]) -> None:
+    """An option that would be silently ignored is an error: the built-in nets' options with
+    --model, training options without --train-steps, --model's options without it."""
+    if p["model"] is not None:
+        if p["train_steps"]:
+            raise SpecError("--train-steps does not support --model yet")
+        unused = given & (_NET_OPTIONS | _TRAIN_OPTIONS | _SIMULATE_ENGINE_OPTIONS | {"workers"})
+        if unused:
+            verb = "applies" if len(unused) == 1 else "apply"
+            raise SpecError(f"{_flags(unused)} only {verb} to the built-in nets, not to --model")
+        return
+    for name in sorted(given & _MODEL_OPTIONS):
+        raise SpecError(f"--{name.replace('_', '-')} applies only with --model")
+    if not p["train_steps"]:
+        unused = given & _TRAIN_OPTIONS
+        if unused:
+            verb = "applies" if len(unused) == 1 else "apply"
+            raise SpecError(f"{_flags(unused)} {verb} only with --train-steps")
+    else:
+        unused = given & (_SIMULATE_ENGINE_OPTIONS | _CONV_OPTIONS)
+        if unused:
+            verb = "is" if len(unused) == 1 else "are"
+            raise SpecError(f"{_flags(unused)} {verb} not used by --train-steps")
+
+
+def _check_outputs(p: dict[str, Any]) -> None:
+    """Every output is checked before any work, so a bad path never costs a run or leaves one
+    file written and the other not."""
+    from gradscope.output import resolve_format
+
+    if p["output"] is not None:
+        resolve_format(p["fmt"], False, p["output"])
+    if p["plot"] is not None:
         from gradscope.plot.figure import figure_format
 
-        figure_format(plot)
-        check_output_path(plot)
-    _refuse_unused_options(
-        model=model, train_steps=train_steps, arch=arch, activation=activation, norm=norm,
-        init=init, depth=depth, width=width, gain=gain, residual_scale=residual_scale,
-        norm_position=norm_position, image_size=image_size, pool_every=pool_every,
-        double_channels=double_channels, task=task, optimizer=optimizer, lr=lr,
-        momentum=momentum, weight_decay=weight_decay, clip_grad_norm=clip_grad_norm,
-        record_every=record_every, classes=classes, samples=samples,
-        save_checkpoint=save_checkpoint, growth=growth, backend=backend, max_memory=max_memory,
-        workers=workers,
+        figure_format(p["plot"])
+    if p["growth"] is not None:
+        resolve_format(Format.auto, False, p["growth"])
+    for name in ("output", "plot", "save_checkpoint", "growth"):
+        if p[name] is not None:
+            check_output_path(p[name])
+
+
+def _run(p: dict[str, Any], given: set[str]) -> None:
+    """Build the request of the run the options ask for, run it, report and write."""
+    if p["train_steps"] < 0:
+        raise SpecError(f"--train-steps must be 0 or more, got {p['train_steps']}")
+    Progress.mode = p["progress"]
+    _check_outputs(p)
+    _refuse_unused_options(p, given)
+    if p["model"] is not None:
+        from gradscope.engine.user_model import run as run_model
+
+        request: Any = _model_request(p)
+        result = _execute(run_model, request, p["seed"], request.repeats)
+        _report_notes(result)
+    elif p["train_steps"] > 0:
+        from gradscope.engine.train import run as run_training
+
+        request = _train_request(p)
+        total = request.config.steps * request.repeats * len(request.specs)
+        result = _execute(run_training, request, p["seed"], total, "steps/s", "train")
+        _report_training(result, request, p["growth"])
+    else:
+        from gradscope.engine.simulate import run as run_simulation
+
+        request = _simulate_request(p)
+        result = _execute(run_simulation, request, p["seed"], request.repeats * len(request.specs))
+        _report_simulation(result, request.dtype)
+    _write(result, p, _title(p, result))
+
+
+def _simulate_request(p: dict[str, Any]) -> SimulateRequest:
+    specs = _build_specs(p, conv=True)
+    limit = parse_memory(p["max_memory"]) if p["max_memory"] is not None else None
+    return SimulateRequest(
+        tuple(specs), repeats=p["repeats"], dtype=p["dtype"], device=p["device"],
+        max_memory=limit, workers=p["workers"], backend=p["backend"],
     )  # fmt: skip
-    if model is not None:
-        _run_model(
-            model,
-            model_arg or [],
-            input_shape,
-            reinit,
-            batch=batch,
-            repeats=repeats,
-            seed=seed,
-            dtype=dtype,
-            device=device,
-            summary=summary,
-            plot=plot,
-            fmt=fmt,
-            output=output,
-        )
-        return
-    for flag, value in (("--model-arg", model_arg), ("--input-shape", input_shape)):
-        if value:
-            raise SpecError(f"{flag} applies only with --model")
-    if train_steps < 0:
-        raise SpecError(f"--train-steps must be 0 or more, got {train_steps}")
-    if workers is not None and workers < 1:
-        raise SpecError(f"--workers must be at least 1, got {workers}")
-    archs = _enum_list(Arch, arch, "arch")
-    positions = _enum_list(NormPosition, norm_position, "norm-position")
-    conv_options: dict[str, Any] = dict(
-        norm_position=positions,
-        image_size=image_size,
-        pool_every=pool_every,
-        double_channels=double_channels,
+
+
+def _train_request(p: dict[str, Any]) -> TrainRequest:
+    archs = _enum_list(Arch, p["arch"], "arch")
+    conv = [a.value for a in archs if a.is_conv]
+    positions = _enum_list(NormPosition, p["norm_position"], "norm_position")
+    if conv or positions != [NormPosition.post]:
+        what = f"--arch {conv[0]}" if conv else "--norm-position pre"
+        raise SpecError(f"--train-steps does not support {what} yet")
+    config = make_config(
+        task=p["task"], optimizer=p["optimizer"], lr=p["lr"], weight_decay=p["weight_decay"],
+        clip_grad_norm=p["clip_grad_norm"], steps=p["train_steps"],
+        record_every=p["record_every"], classes=p["classes"], samples=p["samples"],
+        momentum=p["momentum"],
+    )  # fmt: skip
+    return TrainRequest(
+        tuple(_build_specs(p, conv=False)), config, repeats=p["repeats"], dtype=p["dtype"],
+        device=p["device"], workers=p["workers"], save_checkpoint=p["save_checkpoint"],
+    )  # fmt: skip
+
+
+def _model_request(p: dict[str, Any]) -> ModelRequest:
+    if p["input_shape"] is None:
+        raise SpecError("--model needs --input-shape, the shape of one sample (e.g. 3,32,32)")
+    spec = ModelSpec(
+        p["model"], parse_model_args(p["model_arg"] or []), parse_input_shape(p["input_shape"])
     )
-    norms = _enum_list(Norm, norm, "norm")
-    inits = _enum_list(Init, init, "init")
-    activations = parse_list(activation, "--activation")
-    depths, widths, batches = (
-        _int_list(depth, "depth"),
-        _int_list(width, "width"),
-        _int_list(batch, "batch"),
-    )
-    limit = parse_memory(max_memory) if max_memory is not None else None
+    batches = _int_list(p["batch"], "batch")
+    if len(batches) != 1:
+        raise SpecError(f"--batch takes one value with --model, got {p['batch']!r}")
+    return ModelRequest(
+        spec, batches[0], repeats=p["repeats"], dtype=p["dtype"], device=p["device"],
+        reinit=p["reinit"],
+    )  # fmt: skip
+
+
+def _build_specs(p: dict[str, Any], conv: bool) -> list[Any]:
+    """The grid of synthetic configurations the options sweep."""
+    norms = _enum_list(Norm, p["norm"], "norm")
+    batches = _int_list(p["batch"], "batch")
     if Norm.batchnorm in norms and 2 in batches:
         warn(
             "with --batch 2, BatchNorm maps every unit to ±1: the theory (large batches) does "
             "not apply, and a Finding is expected"
         )
-    from gradscope.engine.simulate import build_specs, simulate
-
-    if train_steps > 0:
-        conv = [a.value for a in archs if a.is_conv]
-        if conv or positions != [NormPosition.post]:
-            what = f"--arch {conv[0]}" if conv else "--norm-position pre"
-            raise SpecError(f"--train-steps does not support {what} yet")
-        specs = build_specs(
-            arch=archs, activation=activations, norm=norms, init=inits, gain=gain, depth=depths,
-            width=widths, batch=batches, residual_scale=residual_scale,
-        )  # fmt: skip
-        _run_training(
-            specs, train_steps=train_steps, task=task, optimizer=optimizer, lr=lr,
-            momentum=momentum, weight_decay=weight_decay, clip_grad_norm=clip_grad_norm,
-            record_every=record_every, classes=classes, samples=samples, repeats=repeats,
-            seed=seed, dtype=dtype, device=device, workers=workers,
-            save_checkpoint=save_checkpoint, growth=growth, summary=summary, plot=plot,
-            fmt=fmt, output=output,
-        )  # fmt: skip
-        return
-
-    n_configs = len(
-        build_specs(
-            arch=archs,
-            activation=activations,
-            norm=norms,
-            init=inits,
-            gain=gain,
-            depth=depths,
-            width=widths,
-            batch=batches,
-            residual_scale=residual_scale,
-            **conv_options,
-        )
+    conv_options: dict[str, Any] = (
+        dict(image_size=p["image_size"], pool_every=p["pool_every"],
+             double_channels=p["double_channels"],
+             norm_position=_enum_list(NormPosition, p["norm_position"], "norm_position"))
+        if conv else {}
+    )  # fmt: skip
+    return build_specs(
+        arch=_enum_list(Arch, p["arch"], "arch"),
+        activation=parse_list(p["activation"], "activation"),
+        norm=norms,
+        init=_enum_list(Init, p["init"], "init"),
+        gain=p["gain"],
+        depth=_int_list(p["depth"], "depth"),
+        width=_int_list(p["width"], "width"),
+        batch=batches,
+        residual_scale=p["residual_scale"],
+        **conv_options,
     )
+
+
+def _execute(
+    run: Callable[..., Any], request: Any, seed: int, total: int, unit: str = "rep/s",
+    label: str = "simulate",
+) -> Any:  # fmt: skip
+    """Run the engine with a progress display; the first Ctrl-C asks it to stop and keep what
+    has finished, a second one stops at once."""
     stop = threading.Event()
 
     def on_sigint(signum: int, frame: Any) -> None:
-        if stop.is_set():  # a second Ctrl-C: stop now
+        if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
 
@@ -459,32 +538,20 @@ def simulate_command(
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        with _progress(repeats * n_configs) as advance:
-            result = simulate(
-                arch=archs,
-                activation=activations,
-                norm=norms,
-                init=inits,
-                gain=gain,
-                depth=depths,
-                width=widths,
-                batch=batches,
-                residual_scale=residual_scale,
-                **conv_options,
-                repeats=repeats,
-                seed=seed,
-                dtype=dtype,
-                device=device,
-                max_memory=limit,
-                workers=workers,
-                backend=backend,
-                progress=advance,
-                stop=stop,
-            )
+        with Progress(total, unit=unit, label=label) as advance:
+            return run(request, seed=seed, progress=advance, stop=stop)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
 
+
+def _report_notes(result: Any) -> None:
+    for text in result.notes:
+        note(text)
+
+
+def _report_simulation(result: Any, dtype: Dtype) -> None:
+    """Overflow warnings and ``Finding:`` lines where the fit and theory disagree."""
     for s in result.summary:
         label = f"{s.arch} {s.activation} {s.norm} {s.init} L={s.depth}"
         if s.overflow_layer is not None:
@@ -500,165 +567,25 @@ def simulate_command(
                 f"[{s.fitted_rate_ci_low:.5f}, {s.fitted_rate_ci_high:.5f}] differs from "
                 f"theory {s.predicted_rate:.5f} by {dev:+.2f}%, beyond the 95% CI"
             )
-    if result.partial:
-        done = sum(result.repeats_done.values())
-        if done == 0:
-            warn("interrupted before any repeat finished: nothing to report")
-        else:
-            warn(f"interrupted: partial results from {done} completed repeats")
-    records: list[Any] = list(result.summary) if summary else list(result.records)
-    if records:
-        title = "simulate" + (" (partial)" if result.partial else "")
-        emit(records, fmt, output, summary=None if summary else result.summary, title=title)
-        if plot is not None:
-            plot_to_file(records, plot)
-    if result.partial:
-        raise typer.Exit(130)
 
 
-def _single(text: str, what: str) -> int:
-    values = _int_list(text, what)
-    if len(values) != 1:
-        raise SpecError(f"--{what} takes one value with --model, got {text!r}")
-    return values[0]
-
-
-def _run_model(
-    target: str, model_args: list[str], input_shape: str | None, reinit: Reinit, *, batch: str,
-    repeats: int, seed: int, dtype: Dtype, device: Device, summary: bool, plot: Path | None,
-    fmt: Format, output: Path | None,
-) -> None:  # fmt: skip
-    """``--model``: per-module gradient statistics of the user's own network."""
-    from gradscope.engine.mlp import resolve_device
-    from gradscope.engine.user_model import (
-        ModelSpec,
-        model_records,
-        parse_input_shape,
-        parse_model_args,
-    )
-    from gradscope.engine.user_model import run_model as run_user_model
-
-    if input_shape is None:
-        raise SpecError("--model needs --input-shape, the shape of one sample (e.g. 3,32,32)")
-    spec = ModelSpec(target, parse_model_args(model_args), parse_input_shape(input_shape))
-    _check_outputs(output, plot)
-    with _progress(repeats) as advance:
-        run = run_user_model(
-            spec, batch=_single(batch, "batch"), repeats=repeats, seed=seed, dtype=dtype.value,
-            device=resolve_device(device), reinit=reinit,
-            progress=lambda done: advance(done, repeats),
-        )  # fmt: skip
-    for text in run.notes:
-        note(text)
-    if run.partial:
-        warn(f"interrupted: partial results from {run.grad_norms.shape[0]} completed repeats")
-    rows, summ = model_records(run, seed=seed)
-    records: list[Any] = list(summ) if summary else list(rows)
-    title = f"simulate --model {spec.label}" + (" (partial)" if run.partial else "")
-    emit(records, fmt, output, summary=None if summary else summ, title=title)
-    if plot is not None:
-        plot_to_file(rows, plot)
-    if run.partial:
-        raise typer.Exit(130)
-
-
-_NET_OPTIONS = (
-    "arch", "activation", "norm", "init", "depth", "width", "gain", "residual_scale",
-    "norm_position", "image_size", "pool_every", "double_channels",
-)  # fmt: skip
-_TRAIN_OPTIONS = (
-    "task", "optimizer", "lr", "momentum", "weight_decay", "clip_grad_norm", "record_every",
-    "classes", "samples", "save_checkpoint", "growth",
-)  # fmt: skip
-# Options of the synthetic-net engine that neither --model nor --train-steps uses.
-_ENGINE_OPTIONS = ("backend", "max_memory")
-_CONV_OPTIONS = ("image_size", "pool_every", "double_channels")
-
-
-def _refuse_unused_options(**given: Any) -> None:
-    """An option that would be silently ignored is an error: the built-in net's options with
-    --model, training options without --train-steps."""
-    import inspect
-
-    defaults = {n: p.default for n, p in inspect.signature(simulate_command).parameters.items()}
-
-    def flags(names: list[str]) -> str:
-        return ", ".join("--" + n.replace("_", "-") for n in names)
-
-    def changed(names: tuple[str, ...]) -> list[str]:
-        return [n for n in names if given[n] != defaults[n]]
-
-    if given["model"] is not None:
-        if given["train_steps"]:
-            raise SpecError("--train-steps does not support --model yet")
-        unused = (
-            changed(_NET_OPTIONS) + changed(_TRAIN_OPTIONS) + changed(_ENGINE_OPTIONS)
-            + changed(("workers",))
-        )  # fmt: skip
-        if unused:
-            verb = "applies" if len(unused) == 1 else "apply"
-            raise SpecError(f"{flags(unused)} only {verb} to the built-in nets, not to --model")
-    elif not given["train_steps"]:
-        unused = changed(_TRAIN_OPTIONS)
-        if unused:
-            verb = "applies" if len(unused) == 1 else "apply"
-            raise SpecError(f"{flags(unused)} {verb} only with --train-steps")
-    else:
-        unused = changed(_ENGINE_OPTIONS) + changed(_CONV_OPTIONS)
-        if unused:
-            verb = "is" if len(unused) == 1 else "are"
-            raise SpecError(f"{flags(unused)} {verb} not used by --train-steps")
-
-
-def _check_outputs(*paths: Path | None) -> None:
-    for path in paths:
-        if path is not None:
-            check_output_path(path)
-
-
-def _run_training(
-    specs: list[Any], *, train_steps: int, task: Task, optimizer: Optimizer, lr: float,
-    momentum: float, weight_decay: float, clip_grad_norm: float | None, record_every: int,
-    classes: int, samples: int, repeats: int, seed: int, dtype: Dtype, device: Device,
-    workers: int | None, save_checkpoint: Path | None, growth: Path | None, summary: bool,
-    plot: Path | None, fmt: Format, output: Path | None,
-) -> None:  # fmt: skip
-    """``--train-steps``: records over training, the weight-growth check, a checkpoint."""
-    from gradscope.engine.train import train
-    from gradscope.output import resolve_format
-
-    _check_outputs(output, plot, save_checkpoint, growth)
-    if growth is not None:
-        resolve_format(Format.auto, False, growth)  # a bad extension fails before training
-    total = train_steps * repeats * len(specs)
-    with _progress(total, unit="steps/s", label="train") as advance:
-        result = train(
-            specs, task=task, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-            clip_grad_norm=clip_grad_norm, steps=train_steps, record_every=record_every,
-            repeats=repeats, seed=seed, classes=classes, samples=samples, momentum=momentum,
-            dtype=dtype, device=device, save_checkpoint=save_checkpoint, workers=workers,
-            progress=advance,
-        )  # fmt: skip
+def _report_training(result: Any, request: TrainRequest, growth: Path | None) -> None:
+    """The weight-growth check, the checkpoint written, and diverged configurations."""
     if result.weight_growth:
-        worst = max(
-            (
-                g.max_relative_error
-                for g in result.weight_growth
-                if g.max_relative_error is not None
-            ),
-            default=None,
-        )
+        errors = [g.max_relative_error for g in result.weight_growth]
+        worst = max((e for e in errors if e is not None), default=None)
         basis = result.weight_growth[0].prediction_basis
         if worst is not None:
             note(f"weight-norm growth check ({basis}): largest relative error {worst:.2e}")
     if growth is not None:
         emit(result.weight_growth, Format.auto, growth, title="weight-norm growth")
         note(f"wrote {growth}")
-    if result.checkpoint is not None:
-        first = specs[0]
+    if request.save_checkpoint is not None and result.state_dict is not None:
+        write_atomic(request.save_checkpoint, result.state_dict_bytes())
+        first, n = request.specs[0], len(request.specs)
         what = f"{first.arch.value} {first.activation.label} {first.norm.value} L={first.depth}"
-        more = f" (the first of {len(specs)} configurations)" if len(specs) > 1 else ""
-        note(f"wrote {result.checkpoint}: repeat 0 of {what}{more}")
+        more = f" (the first of {n} configurations)" if n > 1 else ""
+        note(f"wrote {request.save_checkpoint}: repeat 0 of {what}{more}")
     overflowed: dict[str, int] = {}
     for s in result.summary:
         if s.overflow_repeats:
@@ -666,91 +593,42 @@ def _run_training(
             overflowed[label] = max(overflowed.get(label, 0), s.overflow_repeats)
     for label, count in overflowed.items():
         warn(
-            f"{label}: training diverged to inf/NaN in {count} of {repeats} repeats "
+            f"{label}: training diverged to inf/NaN in {count} of {request.repeats} repeats "
             "(lower --lr, or try --clip-grad-norm)"
         )
-    records: list[Any] = list(result.summary) if summary else list(result.records)
-    emit(records, fmt, output, summary=None if summary else result.summary, title="train")
-    if plot is not None:
-        plot_to_file(records, plot)
 
 
-class _progress:
-    """Progress on stderr: a rich bar (repeats/s or steps/s, ETA) when stderr is a terminal,
-    plain lines with ``--progress log`` (at the first update, then every 10 s and at the end),
-    nothing otherwise.
+def _title(p: dict[str, Any], result: Any) -> str:
+    if p["model"] is not None:
+        spec = ModelSpec(p["model"], parse_model_args(p["model_arg"] or []))
+        return f"simulate --model {spec.label}" + (" (partial)" if result.partial else "")
+    if p["train_steps"] > 0:
+        return "train"
+    return "simulate" + (" (partial)" if result.partial else "")
 
-    Started at the first update, so that worker processes are forked before its thread exists.
-    """
 
-    mode: ProgressMode = ProgressMode.auto
-    LOG_EVERY = 10.0
-
-    def __init__(self, total: int, unit: str = "rep/s", label: str = "simulate") -> None:
-        self.total = total
-        self.unit = unit
-        self.label = label
-        self.bar: Any = None
-        self.task: Any = None
-        self.last_log: float | None = None
-        self.start_time = 0.0
-
-    def _start(self) -> None:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
+def _partial_message(result: Any, p: dict[str, Any]) -> str:
+    if p["train_steps"] > 0 and p["model"] is None:
+        return (
+            f"interrupted: results of the {result.configurations_done} configurations that finished"
         )
+    done = result.records[0].repeats if result.records else 0
+    if p["model"] is None:
+        done = sum(result.repeats_done.values())
+    if done == 0:
+        return "interrupted before any repeat finished: nothing to report"
+    return f"interrupted: partial results from {done} completed repeats"
 
-        outer = self
 
-        class _Rate(TextColumn):
-            def render(self, task: Any) -> Any:
-                from rich.text import Text
-
-                speed = task.finished_speed or task.speed
-                unit = outer.unit
-                return Text("" if not speed or not math.isfinite(speed) else f"{speed:.0f} {unit}")
-
-        self.bar = Progress(
-            TextColumn(self.label),
-            BarColumn(),
-            MofNCompleteColumn(),
-            _Rate(""),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        )
-        self.bar.start()
-        self.task = self.bar.add_task(self.label, total=self.total)
-
-    def update(self, done: int, total: int) -> None:
-        if self.bar is None:
-            self._start()
-        self.bar.update(self.task, completed=done)
-
-    def log(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if self.last_log is None:
-            self.start_time = now
-        elif now - self.last_log < self.LOG_EVERY and done < total:
-            return
-        self.last_log = now
-        elapsed = now - self.start_time
-        rate = f", {done / elapsed:.3g} {self.unit}" if done and elapsed > 0 else ""
-        sys.stderr.write(f"{self.label}: {done}/{total}{rate}\n")
-        sys.stderr.flush()
-
-    def __enter__(self) -> Any:
-        if self.mode is ProgressMode.log:
-            return self.log
-        if self.mode is ProgressMode.none or not sys.stderr.isatty():
-            return lambda done, total: None
-        return self.update
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+def _write(result: Any, p: dict[str, Any], title: str) -> None:
+    """Records (or summaries) to stdout or -o, the figure to --plot; exit 130 when partial."""
+    if result.partial:
+        warn(_partial_message(result, p))
+    records: list[Any] = list(result.summary) if p["summary"] else list(result.records)
+    if records:
+        summary = None if p["summary"] else result.summary
+        emit(records, p["fmt"], p["output"], summary=summary, title=title)
+        if p["plot"] is not None:
+            plot_to_file(records if p["model"] is None else result.records, p["plot"])
+    if result.partial:
+        raise typer.Exit(130)

@@ -25,28 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gradscope.engine.mlp import CONV_KERNEL, NORM_EPS, TRUNC_STD, NetSpec, repeat_seed, torch_dtype
-from gradscope.errors import SpecError
+from gradscope.engine.mlp import repeat_seed, torch_dtype
 from gradscope.options import Arch, Dtype, Init, Norm, NormPosition
+from gradscope.specs import CONV_KERNEL, NORM_EPS, TRUNC_STD, NetSpec, conv_weight_std
 
 if TYPE_CHECKING:
     import torch
-
-
-def conv_weight_std(spec: NetSpec, c_in: int, c_out: int) -> float:
-    """The std of one weight of a c_in → c_out 3×3 conv (fan_in = 9·c_in), gain included."""
-    k2 = CONV_KERNEL * CONV_KERNEL
-    fan_in, fan_out = k2 * c_in, k2 * c_out
-    scale = {
-        Init.he: 2.0 / fan_in,
-        Init.truncated_normal: 2.0 / fan_in,
-        Init.lecun: 1.0 / fan_in,
-        Init.xavier_normal: 2.0 / (fan_in + fan_out),
-        Init.xavier_uniform: 2.0 / (fan_in + fan_out),
-    }.get(spec.init)
-    if scale is None:
-        raise SpecError(f"--init {spec.init.value} is not available for the conv archs")
-    return spec.gain * math.sqrt(scale)
 
 
 @dataclass

@@ -23,27 +23,19 @@ import contextlib
 import math
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gradscope.activations import SELU_ALPHA, SELU_SCALE, ActivationSpec, parse_activation
-from gradscope.engine.mlp import (
-    DEFAULT_IMAGE_SIZE,
-    NORM_EPS,
-    NetSpec,
-    RepeatDraw,
-    draw_repeat,
-    resolve_device,
-    resolve_init,
-    torch_dtype,
-)
-from gradscope.errors import ResourceError, SpecError
-from gradscope.options import Arch, Backend, Device, Dtype, Init, Norm, NormPosition, ResidualScale
-from gradscope.schema import SimulateRecord, SimulateSummary
+from gradscope.activations import SELU_ALPHA, SELU_SCALE, ActivationSpec
+from gradscope.engine.mlp import RepeatDraw, draw_repeat, resolve_device, torch_dtype
+from gradscope.errors import ResourceError
+from gradscope.options import Arch, Backend, Dtype, Norm, NormPosition
+from gradscope.schema import Result, SimulateRecord, SimulateSummary
+from gradscope.specs import NORM_EPS, NetSpec, SimulateRequest, check_seed
 from gradscope.theory.predict import Prediction, predict
 from gradscope.theory.stats import LayerStats, bootstrap_rate_ci, half_rates, log_linear_rate
 
@@ -58,12 +50,10 @@ ProgressFn = Callable[[int], None]
 
 
 @dataclass
-class SimulationResult:
-    """What :func:`simulate` returns: per-layer records, one summary per configuration."""
+class SimulationResult(Result):
+    """What :func:`simulate` returns; ``repeats_done`` counts the finished repeats of each
+    configuration (by :meth:`NetSpec.key`)."""
 
-    records: list[SimulateRecord]
-    summary: list[SimulateSummary]
-    partial: bool = False
     repeats_done: dict[str, int] = field(default_factory=dict)
 
 
@@ -866,204 +856,24 @@ def _pool_ratios(spec: NetSpec, s: Any, prediction: Prediction) -> dict[str, Any
 # The public API
 
 
-def _as_list(value: Any) -> list[Any]:
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    return [value]
-
-
-def build_specs(
+def run(
+    request: SimulateRequest,
     *,
-    arch: Arch | str | Sequence[Arch | str] = Arch.plain,
-    activation: str | ActivationSpec | Sequence[str | ActivationSpec] = "relu",
-    norm: Norm | str | Sequence[Norm | str] = Norm.batchnorm,
-    init: Init | str | Sequence[Init | str] = Init.auto,
-    gain: float = 1.0,
-    depth: int | Sequence[int] = 20,
-    width: int | Sequence[int] = 256,
-    batch: int | Sequence[int] = 128,
-    residual_scale: ResidualScale | str = ResidualScale.none,
-    norm_position: NormPosition | str | Sequence[NormPosition | str] = NormPosition.post,
-    image_size: int | None = None,
-    pool_every: int | None = None,
-    double_channels: bool = False,
-) -> list[NetSpec]:
-    """The grid of configurations (activation, norm, arch, init, depth, width, batch order)."""
-    archs = [_enum(Arch, a, "arch") for a in _as_list(arch)]
-    acts = [
-        a if isinstance(a, ActivationSpec) else parse_activation(a) for a in _as_list(activation)
-    ]
-    norms = [_enum(Norm, n, "norm") for n in _as_list(norm)]
-    inits = [_enum(Init, i, "init") for i in _as_list(init)]
-    rscale = _enum(ResidualScale, residual_scale, "residual-scale")
-    positions = [_enum(NormPosition, p, "norm-position") for p in _as_list(norm_position)]
-    resnets = [a for a in archs if a.is_resnet]
-    convs = [a for a in archs if a.is_conv]
-    if rscale is not ResidualScale.none and not resnets:
-        raise SpecError(f"--residual-scale {rscale.value} applies to --arch resnet only")
-    if any(p is not NormPosition.post for p in positions) and not resnets:
-        raise SpecError(f"--norm-position {positions[-1].value} applies to the resnet archs only")
-    if not convs:
-        if pool_every:
-            raise SpecError(
-                f"--pool-every {pool_every} applies to the conv archs "
-                "(plain-conv, resnet-conv) only"
-            )
-        if image_size is not None:
-            raise SpecError(
-                f"--image-size {image_size} applies to the conv archs "
-                "(plain-conv, resnet-conv) only"
-            )
-    specs: list[NetSpec] = []
-    for a in acts:
-        for nm in norms:
-            for ar in archs:
-                for pos in positions if ar.is_resnet else [NormPosition.post]:
-                    for it in inits:
-                        for d in _as_list(depth):
-                            for w in _as_list(width):
-                                for b in _as_list(batch):
-                                    spec = NetSpec(
-                                        arch=ar,
-                                        activation=a,
-                                        norm=nm,
-                                        init=resolve_init(it, a),
-                                        gain=float(gain),
-                                        depth=int(d),
-                                        width=int(w),
-                                        batch=int(b),
-                                        residual_scale=rscale
-                                        if ar.is_resnet
-                                        else ResidualScale.none,
-                                        norm_position=pos,
-                                        image_size=(
-                                            DEFAULT_IMAGE_SIZE
-                                            if image_size is None
-                                            else int(image_size)
-                                        )
-                                        if ar.is_conv
-                                        else 0,
-                                        pool_every=int(pool_every or 0) if ar.is_conv else 0,
-                                        double_channels=bool(double_channels) and ar.is_conv,
-                                    )
-                                    if spec not in specs:
-                                        specs.append(spec)
-    return specs
-
-
-def _enum(kind: Any, value: Any, what: str) -> Any:
-    try:
-        return kind(value.value if isinstance(value, kind) else str(value).strip().lower())
-    except ValueError:
-        choices = ", ".join(m.value for m in kind)
-        raise SpecError(f"unknown --{what} {value!r}; choose from {choices}") from None
-
-
-def simulate(
-    *,
-    arch: Arch | str | Sequence[Arch | str] = Arch.plain,
-    activation: str | ActivationSpec | Sequence[str | ActivationSpec] = "relu",
-    norm: Norm | str | Sequence[Norm | str] = Norm.batchnorm,
-    init: Init | str | Sequence[Init | str] = Init.auto,
-    gain: float = 1.0,
-    depth: int | Sequence[int] = 20,
-    width: int | Sequence[int] = 256,
-    batch: int | Sequence[int] = 128,
-    residual_scale: ResidualScale | str = ResidualScale.none,
-    norm_position: NormPosition | str | Sequence[NormPosition | str] = NormPosition.post,
-    image_size: int | None = None,
-    pool_every: int | None = None,
-    double_channels: bool = False,
-    repeats: int = 256,
     seed: int = 0,
-    dtype: Dtype | str = Dtype.float32,
-    device: Device | str = Device.auto,
-    max_memory: int | None = None,
-    workers: int | None = None,
-    chunk: int | None = None,
-    backend: Backend | str = Backend.auto,
-    resamples: int = 1000,
     progress: Callable[[int, int], None] | None = None,
     stop: threading.Event | None = None,
 ) -> SimulationResult:
-    """Measure per-layer weight-gradient norms of fresh random nets over repeats.
-
-    Every list-valued option sweeps a grid; each configuration gets its per-layer records and
-    a summary. Results are bit-identical for the same seed, whatever ``workers``/``chunk``.
-
-    Args:
-        backend: CPU workers as ``processes`` (forked, one thread each: PyTorch's CPU matmuls
-            do not run concurrently from Python threads), ``threads``, or ``auto``
-            (processes when the whole job is more than about two seconds of arithmetic).
-        norm_position: resnets only: ``post`` (the paper's basic block) or ``pre``
-            (x + s·W2·g(norm(W1·g(norm(x))))); a list sweeps.
-        image_size, pool_every, double_channels: conv archs only: N×N input images (default
-            32), a 2×2 max-pool after every ``pool_every``-th layer, channels doubled at pools.
-        progress: called as ``progress(done, total)`` with repeats over all configurations.
-        stop: when set (e.g. on Ctrl-C), returns what has finished, marked ``partial``.
-
-    Raises:
-        SpecError: an invalid option. ResourceError: the estimated memory exceeds
-            ``max_memory`` (default: half the available RAM).
-    """
-    if repeats < 1:
-        raise SpecError(f"repeats must be at least 1, got {repeats}")
-    if resamples < 10:
-        raise SpecError(f"resamples must be at least 10, got {resamples}")
-    dt = _enum(Dtype, dtype, "dtype")
-    dev = resolve_device(_enum(Device, device, "device"))
-    specs = build_specs(
-        arch=arch,
-        activation=activation,
-        norm=norm,
-        init=init,
-        gain=gain,
-        depth=depth,
-        width=width,
-        batch=batch,
-        residual_scale=residual_scale,
-        norm_position=norm_position,
-        image_size=image_size,
-        pool_every=pool_every,
-        double_channels=double_channels,
-    )
-    n_workers = workers or default_workers(dev)
-    n_chunk = chunk or (1 if dev == "cpu" else 64)
-    limit = default_max_memory() if max_memory is None else max_memory
-    in_flight = n_chunk if n_chunk > 1 else 2 * n_workers
-    for spec in specs:
-        need = estimate_memory(spec, repeats, dt, in_flight)
-        if need > limit:
-            raise ResourceError(
-                f"{spec.arch.value} depth {spec.depth} width {spec.width} batch {spec.batch} "
-                f"needs about {format_bytes(need)}, above --max-memory {format_bytes(limit)}; "
-                "lower --depth/--width/--batch/--repeats or raise --max-memory"
-            )
+    """Run a validated :class:`~gradscope.specs.SimulateRequest` (see :func:`simulate`)."""
+    check_seed(seed)
+    specs, repeats = list(request.specs), request.repeats
+    dev = resolve_device(request.device)
+    n_workers = request.workers or default_workers(dev)
+    n_chunk = request.chunk or (1 if dev == "cpu" else 64)
+    _check_memory(request, in_flight=n_chunk if n_chunk > 1 else 2 * n_workers)
     predictions = [predict(spec) for spec in specs]
-    total = repeats * len(specs)
-    done = 0
-
-    def tick(n: int) -> None:
-        nonlocal done
-        done += n
-        if progress:
-            progress(done, total)
-
+    tick = _counter(progress, repeats * len(specs))
     result = SimulationResult(records=[], summary=[])
-    mode = _enum(Backend, backend, "backend")
-    use_processes = (
-        dev == "cpu"
-        and n_chunk == 1
-        and n_workers > 1
-        and _fork_available()
-        and (
-            mode is Backend.processes
-            or (
-                mode is Backend.auto
-                and sum(_work_flop(spec, repeats) for spec in specs) >= PROCESS_MIN_FLOP
-            )
-        )
-    )
+    use_processes = _use_processes(request, dev, n_workers, n_chunk)
     pool = make_process_pool(n_workers) if use_processes else None
     try:
         for spec, prediction in zip(specs, predictions, strict=True):
@@ -1074,7 +884,7 @@ def simulate(
                 spec,
                 repeats,
                 seed,
-                dtype=dt,
+                dtype=request.dtype,
                 device=dev,
                 workers=n_workers,
                 chunk=n_chunk,
@@ -1088,7 +898,9 @@ def simulate(
                 break
             partial = stats.count < repeats
             result.partial = result.partial or partial
-            records, summary = build_records(spec, stats, prediction, seed, partial, resamples)
+            records, summary = build_records(
+                spec, stats, prediction, seed, partial, request.resamples
+            )
             result.records.extend(records)
             result.summary.append(summary)
             result.repeats_done[spec.key()] = stats.count
@@ -1096,3 +908,39 @@ def simulate(
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
     return result
+
+
+def _check_memory(request: SimulateRequest, in_flight: int) -> None:
+    """Refuse, before anything is allocated, a configuration above the memory limit."""
+    limit = default_max_memory() if request.max_memory is None else request.max_memory
+    for spec in request.specs:
+        need = estimate_memory(spec, request.repeats, request.dtype, in_flight)
+        if need > limit:
+            raise ResourceError(
+                f"{spec.arch.value} depth {spec.depth} width {spec.width} batch {spec.batch} "
+                f"needs about {format_bytes(need)}, above {{--max_memory}} {format_bytes(limit)}; "
+                "lower {--depth}/{--width}/{--batch}/{--repeats} or raise {--max_memory}"
+            )
+
+
+def _counter(progress: Callable[[int, int], None] | None, total: int) -> Callable[[int], None]:
+    """A callback that adds finished repeats and reports ``progress(done, total)``."""
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress(done, total)
+
+    return tick
+
+
+def _use_processes(request: SimulateRequest, device: str, workers: int, chunk: int) -> bool:
+    """Worker processes for long CPU jobs (or when asked for), threads otherwise."""
+    if device != "cpu" or chunk != 1 or workers < 2 or not _fork_available():
+        return False
+    if request.backend is Backend.processes:
+        return True
+    work = sum(_work_flop(spec, request.repeats) for spec in request.specs)
+    return request.backend is Backend.auto and work >= PROCESS_MIN_FLOP

@@ -36,22 +36,22 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gradscope.engine.mlp import NORM_EPS, NetSpec, draw_repeat, resolve_device, torch_dtype
+from gradscope.engine.mlp import draw_repeat, resolve_device, torch_dtype
 from gradscope.engine.simulate import default_workers
 from gradscope.errors import SpecError
-from gradscope.options import Arch, Device, Dtype, Norm, Optimizer, ResidualScale, Task
-from gradscope.schema import TrainRecord, TrainSummary, WeightGrowthRecord
+from gradscope.options import Arch, Dtype, Norm, Optimizer, ResidualScale, Task
+from gradscope.schema import Result, TrainRecord, TrainSummary, WeightGrowthRecord
+from gradscope.specs import NORM_EPS, NetSpec, TrainConfig, TrainRequest, check_seed, coerce
 from gradscope.theory.stats import LayerStats, bootstrap_rate_ci, log_linear_rate
 
 if TYPE_CHECKING:
@@ -69,113 +69,36 @@ PROGRESS_EVERY = 10  # steps between progress callbacks
 
 
 @dataclass
-class TrainResult:
-    """What :func:`train` returns."""
+class TrainResult(Result):
+    """What a training run returns: ``records`` per (step, layer), ``summary`` per step and
+    ``weight_growth`` per layer; ``state_dict`` is repeat 0's trained state dict of the first
+    configuration when the request asked for it (``checkpoint``: where it was written)."""
 
-    records: list[TrainRecord]
-    summary: list[TrainSummary]
-    weight_growth: list[WeightGrowthRecord]
+    weight_growth: list[WeightGrowthRecord] = field(default_factory=list)
+    state_dict: dict[str, Any] | None = None
     checkpoint: Path | None = None
     steps_per_second: float = math.nan
+    configurations_done: int = 0
+
+    def state_dict_bytes(self) -> bytes:
+        """The state dict as ``torch.save`` writes it (readable by inspect-checkpoint)."""
+        import io
+
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save(self.state_dict, buffer)
+        return buffer.getvalue()
 
 
 # --------------------------------------------------------------------------------------------
 # Configuration
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """The training options shared by every configuration of one :func:`train` call."""
-
-    task: Task
-    optimizer: Optimizer
-    lr: float
-    weight_decay: float
-    clip_grad_norm: float | None
-    steps: int
-    record_every: int
-    classes: int
-    samples: int
-    momentum: float
-
-    def record_steps(self) -> list[int]:
-        """0, K, 2K, … and the last step."""
-        steps = list(range(0, self.steps, self.record_every))
-        if steps[-1] != self.steps - 1:
-            steps.append(self.steps - 1)
-        return steps
-
-    def growth_basis(self, spec: NetSpec) -> str | None:
-        """Why ‖W‖² growth is predicted exactly, or None when it is not."""
-        if spec.norm is Norm.none:
-            return None
-        if self.optimizer is not Optimizer.sgd:
-            return None
-        if self.weight_decay:
-            return "sgd + weight decay: |W|^2 <- (1 - lr*wd)^2 |W|^2 + lr^2 |grad W|^2"
-        return "sgd: |W|^2 grows by lr^2 |grad W|^2 per step"
-
-
 def _no_growth_basis(spec: NetSpec, config: TrainConfig) -> str:
     if spec.norm is Norm.none:
         return "not predicted: without a norm layer the weight is not scale invariant"
     return f"not predicted: {config.optimizer.value} has no exact norm identity"
-
-
-def _parse(kind: Any, value: Any, what: str) -> Any:
-    try:
-        return kind(value.value if isinstance(value, kind) else str(value).strip().lower())
-    except ValueError:
-        choices = ", ".join(m.value for m in kind)
-        raise SpecError(f"unknown --{what} {value!r}; choose from {choices}") from None
-
-
-def _finite_positive(value: float, what: str) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise SpecError(f"{what} must be a positive number, got {value!r}")
-
-
-def make_config(
-    *,
-    task: Task | str,
-    optimizer: Optimizer | str,
-    lr: float,
-    weight_decay: float,
-    clip_grad_norm: float | None,
-    steps: int,
-    record_every: int,
-    classes: int,
-    samples: int,
-    momentum: float,
-) -> TrainConfig:
-    """Validate the training options (SpecError with one sentence naming the bad value)."""
-    if not isinstance(steps, int) or steps < 1:
-        raise SpecError(f"--train-steps must be at least 1, got {steps!r}")
-    if not isinstance(record_every, int) or record_every < 1:
-        raise SpecError(f"--record-every must be at least 1, got {record_every!r}")
-    _finite_positive(lr, "--lr")
-    if not (math.isfinite(weight_decay) and weight_decay >= 0):
-        raise SpecError(f"--weight-decay must be zero or positive, got {weight_decay!r}")
-    if clip_grad_norm is not None:
-        _finite_positive(clip_grad_norm, "--clip-grad-norm")
-    if not isinstance(classes, int) or classes < 2:
-        raise SpecError(f"--classes must be at least 2, got {classes!r}")
-    if not isinstance(samples, int) or samples < 1:
-        raise SpecError(f"--samples must be at least 1, got {samples!r}")
-    if not (math.isfinite(momentum) and 0 <= momentum < 1):
-        raise SpecError(f"momentum must be in [0, 1), got {momentum!r}")
-    return TrainConfig(
-        task=_parse(Task, task, "task"),
-        optimizer=_parse(Optimizer, optimizer, "optimizer"),
-        lr=float(lr),
-        weight_decay=float(weight_decay),
-        clip_grad_norm=None if clip_grad_norm is None else float(clip_grad_norm),
-        steps=steps,
-        record_every=record_every,
-        classes=classes,
-        samples=samples,
-        momentum=float(momentum),
-    )
 
 
 def task_seed(seed: int, config: TrainConfig, width: int, repeat: int) -> int:
@@ -223,7 +146,7 @@ def make_task_data(
     """
     import torch
 
-    dtype = _parse(Dtype, dtype, "dtype")
+    dtype = coerce(Dtype, dtype, "dtype")
     gen = torch.Generator()
     gen.manual_seed(task_seed(seed, config, width, repeat))
     n, k = config.samples, config.classes
@@ -632,159 +555,94 @@ def _intra_op_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def save_state_dict(model: Any, path: str | os.PathLike[str]) -> Path:
-    """Write the model's plain state dict (tensors only) with ``torch.save``, atomically."""
-    import io
-
-    import torch
-
-    from gradscope.output import write_atomic
-
-    out = Path(path)
-    buffer = io.BytesIO()
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    torch.save(state, buffer)
-    write_atomic(out, buffer.getvalue())
-    return out
-
-
-def train(
-    specs: NetSpec | Sequence[NetSpec],
+def run(
+    request: TrainRequest,
     *,
-    task: Task | str = Task.teacher,
-    optimizer: Optimizer | str = Optimizer.sgd,
-    lr: float = 0.1,
-    weight_decay: float = 0.0,
-    clip_grad_norm: float | None = None,
-    steps: int = 100,
-    record_every: int = 1,
-    repeats: int = 4,
     seed: int = 0,
-    classes: int = 10,
-    samples: int = 4096,
-    momentum: float = 0.9,
-    dtype: Dtype | str = Dtype.float32,
-    device: Device | str = Device.auto,
-    save_checkpoint: str | os.PathLike[str] | None = None,
-    resamples: int = 1000,
-    workers: int | None = None,
     progress: ProgressFn | None = None,
+    stop: threading.Event | None = None,
 ) -> TrainResult:
-    """Train each configuration's nets and record per-layer gradient statistics over steps.
+    """Train every configuration of a validated :class:`~gradscope.specs.TrainRequest`.
 
     Repeat k of a configuration starts from the weights ``simulate`` draws for repeat k
     (same seed), and trains on the task drawn for (seed, task, width, classes, samples, k).
-
-    Args:
-        specs: one configuration or several (see :func:`gradscope.engine.simulate.build_specs`).
-        task: ``teacher`` (regression), ``gaussian-classes`` or ``random-labels``.
-        optimizer: ``sgd``, ``momentum`` (SGD with ``momentum``) or ``adam``.
-        lr, weight_decay: learning rate and L2 weight decay (PyTorch's ``weight_decay``).
-        clip_grad_norm: clip the total gradient norm (all parameters) to this value.
-        steps: optimiser steps per repeat; record_every: record every K-th step (and the last).
-        classes: classes (outputs of the teacher); samples: size of the fixed data set.
-        save_checkpoint: write repeat 0's trained state dict (of the first configuration)
-            here, readable by ``inspect-checkpoint``.
-        workers: CPU threads each training whole repeats on one core (default: one per
-            core); the output does not depend on it.
-        progress: called as ``progress(done, total)`` in steps over all repeats and
-            configurations, every few steps (from worker threads, one call at a time).
-
-    Returns:
-        Per (step, layer) records, per-step summaries and per-layer weight-growth checks.
-
-    Raises:
-        SpecError: an invalid option.
+    ``progress(done, total)`` counts steps over all repeats and configurations (from worker
+    threads, one call at a time); ``stop``, when set, ends the run before the next
+    configuration, marked ``partial``.
     """
-    spec_list = [specs] if isinstance(specs, NetSpec) else list(specs)
-    if not spec_list:
-        raise SpecError("no network configuration to train")
-    if not isinstance(repeats, int) or repeats < 1:
-        raise SpecError(f"repeats must be at least 1, got {repeats!r}")
-    if resamples < 10:
-        raise SpecError(f"resamples must be at least 10, got {resamples}")
-    config = make_config(
-        task=task,
-        optimizer=optimizer,
-        lr=lr,
-        weight_decay=weight_decay,
-        clip_grad_norm=clip_grad_norm,
-        steps=steps,
-        record_every=record_every,
-        classes=classes,
-        samples=samples,
-        momentum=momentum,
-    )
-    for spec in spec_list:
+    check_seed(seed)
+    for spec in request.specs:
         if spec.residual_scale is ResidualScale.zero_gamma:
             raise SpecError(
-                "--residual-scale zero-gamma needs a learnable γ, which the training engine "
+                "{--residual_scale} zero-gamma needs a learnable γ, which the training engine "
                 "does not have; use none or invsqrt-depth"
             )
-    if save_checkpoint is not None:
-        from gradscope.output import check_output_path
+    device = resolve_device(request.device)
+    total = request.config.steps * request.repeats * len(request.specs)
+    tick = _locked_counter(progress, total) if progress is not None else None
+    result = TrainResult(records=[], summary=[])
+    t0 = time.perf_counter()
+    # One intra-op thread per repeat and repeats on worker threads, as simulate: on a busy
+    # CPU, two intra-op threads on small matrices run tens of times slower than one, and the
+    # per-repeat arithmetic (hence every bit of the output) no longer depends on the workers.
+    with _intra_op_threads(1 if device == "cpu" else torch_threads()):
+        for c, spec in enumerate(request.specs):
+            if stop is not None and stop.is_set():
+                result.partial = True
+                break
+            keep = request.save_checkpoint is not None and c == 0
+            traces, model = _train_configuration(request, spec, seed, device, keep, tick)
+            if model is not None:
+                result.state_dict = {
+                    k: v.detach().cpu().clone() for k, v in model.state_dict().items()
+                }
+            records, summary, growth = build_train_records(
+                spec, request.config, traces, seed, request.resamples
+            )
+            result.records.extend(records)
+            result.summary.extend(summary)
+            result.weight_growth.extend(growth)
+            result.configurations_done += 1
+    elapsed = time.perf_counter() - t0
+    result.steps_per_second = total / elapsed if elapsed > 0 else math.nan
+    return result
 
-        check_output_path(Path(save_checkpoint))
-    dt = _parse(Dtype, dtype, "dtype")
-    dev = resolve_device(_parse(Device, device, "device"))
 
-    total = config.steps * repeats * len(spec_list)
+def _locked_counter(progress: ProgressFn, total: int) -> Callable[[int], None]:
+    """A callback for worker threads that adds finished steps and reports the running total."""
     done = 0
-
     lock = threading.Lock()
 
     def tick(n: int) -> None:
         nonlocal done
         with lock:
             done += n
-            if progress is not None:
-                progress(done, total)
+            progress(done, total)
 
-    result = TrainResult(records=[], summary=[], weight_growth=[])
-    n_workers = workers or default_workers(dev)
-    t0 = time.perf_counter()
-    # One intra-op thread per repeat and repeats on worker threads, as simulate: on a busy
-    # CPU, two intra-op threads on small matrices run tens of times slower than one, and the
-    # per-repeat arithmetic (hence every bit of the output) no longer depends on the workers.
-    with _intra_op_threads(1 if dev == "cpu" else torch_threads()):
-        for c, spec in enumerate(spec_list):
-            keep = save_checkpoint is not None and c == 0
-
-            def run(r: int, spec: NetSpec = spec, keep: bool = keep) -> tuple[RepeatTrace, Any]:
-                trace, model = train_repeat(
-                    spec, config, seed, r, dtype=dt, device=dev, tick=tick if progress else None
-                )
-                return trace, (model if keep and r == 0 else None)
-
-            if n_workers == 1 or repeats == 1:
-                outs = [run(r) for r in range(repeats)]
-            else:
-                with ThreadPoolExecutor(max_workers=min(n_workers, repeats)) as pool:
-                    outs = list(pool.map(run, range(repeats)))
-            traces = [trace for trace, _ in outs]
-            if keep and save_checkpoint is not None:
-                result.checkpoint = save_state_dict(outs[0][1], save_checkpoint)
-            del outs
-            records, summary, growth = build_train_records(spec, config, traces, seed, resamples)
-            result.records.extend(records)
-            result.summary.extend(summary)
-            result.weight_growth.extend(growth)
-    elapsed = time.perf_counter() - t0
-    result.steps_per_second = total / elapsed if elapsed > 0 else math.nan
-    return result
+    return tick
 
 
-__all__ = [
-    "Optimizer",
-    "Task",
-    "TaskData",
-    "TrainRecord",
-    "TrainResult",
-    "TrainSummary",
-    "WeightGrowthRecord",
-    "build_model",
-    "make_task_data",
-    "save_state_dict",
-    "train",
-    "train_repeat",
-]
+def _train_configuration(
+    request: TrainRequest,
+    spec: NetSpec,
+    seed: int,
+    device: str,
+    keep: bool,
+    tick: Callable[[int], None] | None,
+) -> tuple[list[RepeatTrace], Any]:
+    """Train every repeat of one configuration; the trained model of repeat 0 when ``keep``."""
+    repeats = request.repeats
+    workers = request.workers or default_workers(device)
+
+    def one(r: int) -> tuple[RepeatTrace, Any]:
+        trace, model = train_repeat(
+            spec, request.config, seed, r, dtype=request.dtype, device=device, tick=tick
+        )
+        return trace, (model if keep and r == 0 else None)
+
+    if workers == 1 or repeats == 1:
+        outs = [one(r) for r in range(repeats)]
+    else:
+        with ThreadPoolExecutor(max_workers=min(workers, repeats)) as pool:
+            outs = list(pool.map(one, range(repeats)))
+    return [trace for trace, _ in outs], outs[0][1]

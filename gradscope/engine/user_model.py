@@ -15,7 +15,6 @@ convolution, embedding) is one layer, in forward execution order recorded with h
 
 from __future__ import annotations
 
-import ast
 import copy
 import hashlib
 import importlib
@@ -23,17 +22,20 @@ import importlib.util
 import math
 import operator
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gradscope.engine.mlp import resolve_device
 from gradscope.errors import GradscopeError, SpecError
-from gradscope.options import Reinit
-from gradscope.schema import ModelLayerRecord, ModelSummaryRecord
+from gradscope.options import Device, Dtype, Reinit
+from gradscope.schema import ModelLayerRecord, ModelSummaryRecord, Result
+from gradscope.specs import ModelRequest, ModelSpec, check_seed
 
 if TYPE_CHECKING:
     import torch
@@ -42,50 +44,6 @@ if TYPE_CHECKING:
 
 class ModelError(GradscopeError):
     """The user's model cannot be loaded, built or run; the message carries the model's own."""
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A model factory and how to call it."""
-
-    target: str
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    input_shape: tuple[int, ...] = ()
-
-    @property
-    def label(self) -> str:
-        if not self.kwargs:
-            return self.target
-        args = ",".join(f"{k}={v!r}" for k, v in sorted(self.kwargs.items()))
-        return f"{self.target}({args})"
-
-
-def parse_model_args(items: Sequence[str]) -> dict[str, Any]:
-    """``key=value`` pairs; values are Python literals, anything else is taken as a string."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key.isidentifier():
-            raise SpecError(f"--model-arg takes key=value with a Python name as key, got {item!r}")
-        try:
-            out[key] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            out[key] = value.strip()
-    return out
-
-
-def parse_input_shape(text: str) -> tuple[int, ...]:
-    """``3,32,32`` (per sample; the batch size comes from --batch)."""
-    try:
-        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
-    except ValueError:
-        raise SpecError(
-            f"--input-shape takes positive integers separated by commas, got {text!r}"
-        ) from None
-    if not shape or any(v < 1 for v in shape):
-        raise SpecError(f"--input-shape takes positive integers separated by commas, got {text!r}")
-    return shape
 
 
 def _load_module_from_file(path: Path) -> Any:
@@ -407,163 +365,215 @@ def run_model(
     batch: int,
     repeats: int,
     seed: int = 0,
-    dtype: str = "float32",
-    device: str = "cpu",
-    reinit: Reinit = Reinit.auto,
-    progress: Callable[[int], None] | None = None,
+    dtype: Dtype | str = Dtype.float32,
+    device: Device | str = "cpu",
+    reinit: Reinit | str = Reinit.auto,
+    progress: Callable[[int, int], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> ModelRun:
     """Measure per-layer weight-gradient norms of the user's model over ``repeats`` draws.
+
+    ``progress(done, total)`` is called after every repeat; ``stop``, when set, ends the run
+    after the repeat under way, marked ``partial`` (at least one repeat always runs).
 
     Raises:
         ModelError: the factory fails, returns no module, or the model rejects the input.
         SpecError: bad sizes.
     """
-    import torch
+    request = ModelRequest(spec, batch, repeats, dtype, device, reinit)  # type: ignore[arg-type]
+    check_seed(seed)
+    return _ModelRunner(request, seed).run(progress, stop)
 
-    if batch < 1 or repeats < 1:
-        raise SpecError(f"batch and repeats must be at least 1, got {batch} and {repeats}")
-    if not spec.input_shape:
-        raise SpecError("--model needs --input-shape (per sample, e.g. 3,32,32 or 256)")
-    factory = resolve_factory(spec.target)
-    tdtype = torch.float32 if dtype == "float32" else torch.float64
-    notes: list[str] = []
 
-    def fresh(repeat: int) -> nn.Module:
+def run(
+    request: ModelRequest,
+    *,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+    stop: threading.Event | None = None,
+) -> Result:
+    """Run a validated :class:`~gradscope.specs.ModelRequest`: per-layer records, one
+    summary per path, and notes on how parameters were re-initialised."""
+    check_seed(seed)
+    measured = _ModelRunner(request, seed).run(progress, stop)
+    rows, summary = model_records(measured, seed=seed)
+    return Result(rows, summary, notes=list(measured.notes), partial=measured.partial)
+
+
+class _ModelRunner:
+    """One ``--model`` run: fresh parameters per repeat, one forward and backward each."""
+
+    def __init__(self, request: ModelRequest, seed: int) -> None:
+        import torch
+
+        self.spec, self.batch, self.seed = request.spec, request.batch, seed
+        self.repeats = request.repeats
+        self.device = resolve_device(request.device)
+        self.dtype = torch.float32 if request.dtype is Dtype.float32 else torch.float64
+        self.factory = resolve_factory(self.spec.target)
+        self.notes: list[str] = []
+        # Parameters are always drawn in the factory's own dtype and device, then cast, so
+        # that --dtype float64 measures the same networks as float32 and both re-init paths
+        # agree.
+        self.template = self.fresh(0)
+        self.model = self.working(self.template)
+        self.reinit = self.choose_reinit(request.reinit)
+        self.modules = weight_modules(self.model)
+        if not self.modules:
+            raise ModelError(
+                f"{self.spec.label} has no weight-carrying module (linear, conv, embedding)"
+            )
+        self.recorder = _Recorder(self.modules)
+
+    def fresh(self, repeat: int) -> nn.Module:
         """The factory's model for this repeat, in the dtype the factory builds."""
-        with _seeded(model_seed(seed, spec, batch, repeat)):
-            return build_model(factory, spec.kwargs, spec.label)
+        with _seeded(model_seed(self.seed, self.spec, self.batch, repeat)):
+            return build_model(self.factory, self.spec.kwargs, self.spec.label)
 
-    def working(template: nn.Module) -> nn.Module:
-        return copy.deepcopy(template).to(device=device, dtype=tdtype).train()
+    def working(self, template: nn.Module) -> nn.Module:
+        return copy.deepcopy(template).to(device=self.device, dtype=self.dtype).train()
 
-    # Parameters are always drawn in the factory's own dtype and device, then cast, so that
-    # --dtype float64 measures the same networks as float32 and both re-init paths agree.
-    template = fresh(0)
-    model = working(template)
-    if reinit is Reinit.auto:
-        twin = build_model(factory, spec.kwargs, spec.label)
-        with _seeded(model_seed(seed, spec, batch, 0)):
+    def choose_reinit(self, reinit: Reinit) -> Reinit:
+        """``auto``: reset_parameters() when it reproduces the factory exactly."""
+        if reinit is not Reinit.auto:
+            return reinit
+        twin = build_model(self.factory, self.spec.kwargs, self.spec.label)
+        with _seeded(model_seed(self.seed, self.spec, self.batch, 0)):
             _reset_all(twin)
-        reinit = Reinit.reset if _same_state(template, twin) else Reinit.factory
-        if reinit is Reinit.factory:
-            notes.append(
-                "re-initialising by calling the factory each repeat (reset_parameters() does "
-                "not reproduce its initialisation)"
-            )
-        del twin
-    modules = weight_modules(model)
-    if not modules:
-        raise ModelError(f"{spec.label} has no weight-carrying module (linear, conv, embedding)")
-    recorder = _Recorder(modules)
-    grad_rows: list[np.ndarray] = []
-    fwd_rows: list[np.ndarray] = []
-    bwd_rows: list[np.ndarray] = []
-    order: list[str] = []
-    partial = False
-    try:
-        for repeat in range(repeats):
-            if repeat > 0:
-                if reinit is Reinit.reset:
-                    with _seeded(model_seed(seed, spec, batch, repeat)):
-                        _reset_all(template)
-                    model.load_state_dict(template.state_dict())
-                else:
-                    recorder.detach()
-                    model = working(fresh(repeat))
-                    modules = weight_modules(model)
-                    recorder = _Recorder(modules)
-            recorder.attach()
-            recorder.reset()
-            gen = torch.Generator(device=device)
-            gen.manual_seed(model_seed(seed, spec, batch, repeat) ^ 0x5DEECE66D)
-            x = torch.randn(
-                (batch, *spec.input_shape),
-                generator=gen,
-                dtype=tdtype,
-                device=device,
-                requires_grad=True,
-            )
-            model.zero_grad(set_to_none=True)
-            try:
-                out = model(x)
-            except Exception as exc:
-                raise ModelError(
-                    f"{spec.label} rejected an input of shape {tuple(x.shape)}: "
-                    f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                ) from None
-            finally:
-                recorder.detach()
-            out = _first_tensor(out, spec.label)
-            if not (out.is_floating_point() or out.is_complex()):
-                raise ModelError(
-                    f"{spec.label} returned a {str(out.dtype).removeprefix('torch.')} output; "
-                    "gradscope backpropagates from a floating-point output (return the logits, "
-                    "not argmax)"
-                )
-            if not out.requires_grad:
-                raise ModelError(
-                    f"{spec.label} returned an output that autograd cannot backpropagate "
-                    "(detached, or computed under torch.no_grad)"
-                )
-            try:
-                if out.dim() == 0 or out.numel() == 1:
-                    out.reshape(()).backward()
-                else:
-                    per_sample = out.numel() // out.shape[0] if out.dim() > 1 else out.numel()
-                    dy = torch.randn(out.shape, generator=gen, dtype=out.dtype, device=device)
-                    out.backward(dy / math.sqrt(per_sample))
-            except Exception as exc:
-                raise ModelError(
-                    f"{spec.label} failed in backward: {type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0] if str(exc) else ''}"
-                ) from None
-            if repeat == 0:
-                order = list(recorder.order)
-                if not order:
-                    raise ModelError(f"{spec.label} never called its weight-carrying modules")
-            grads, fwd, bwd = [], [], []
-            for name in order:
-                weight = modules[name]._parameters["weight"]
-                g = weight.grad if weight is not None else None
-                grads.append(math.nan if g is None else float(g.detach().double().norm()))
-                fwd.append(recorder.forward_var.get(name, math.nan))
-                bwd.append(recorder.backward_var.get(name, math.nan))
-            grad_rows.append(np.array(grads))
-            fwd_rows.append(np.array(fwd))
-            bwd_rows.append(np.array(bwd))
-            if progress is not None:
-                progress(repeat + 1)
-    except KeyboardInterrupt:
-        if not grad_rows:
-            raise
-        partial = True
-    finally:
-        recorder.detach()
-    labels, note = residual_paths(model, order)
-    if note:
-        notes.append(note)
-    layers = [
-        LayerInfo(
-            layer=i + 1,
-            module=name,
-            module_type=type(modules[name]).__name__,
-            param_count=sum(p.numel() for p in modules[name].parameters(recurse=False)),
-            path=labels.get(name, ("", ""))[0],
-            block=labels.get(name, ("", ""))[1],
+        if _same_state(self.template, twin):
+            return Reinit.reset
+        self.notes.append(
+            "re-initialising by calling the factory each repeat (reset_parameters() does "
+            "not reproduce its initialisation)"
         )
-        for i, name in enumerate(order)
-    ]
-    return ModelRun(
-        spec,
-        batch,
-        layers,
-        np.stack(grad_rows),
-        np.stack(fwd_rows),
-        np.stack(bwd_rows),
-        reinit,
-        notes,
-        partial,
-    )
+        return Reinit.factory
+
+    def renew(self, repeat: int) -> None:
+        """Fresh parameters for ``repeat``."""
+        if self.reinit is Reinit.reset:
+            with _seeded(model_seed(self.seed, self.spec, self.batch, repeat)):
+                _reset_all(self.template)
+            self.model.load_state_dict(self.template.state_dict())
+        else:
+            self.recorder.detach()
+            self.model = self.working(self.fresh(repeat))
+            self.modules = weight_modules(self.model)
+            self.recorder = _Recorder(self.modules)
+
+    def run(
+        self, progress: Callable[[int, int], None] | None, stop: threading.Event | None
+    ) -> ModelRun:
+        rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        order: list[str] = []
+        try:
+            for repeat in range(self.repeats):
+                if rows and stop is not None and stop.is_set():
+                    break
+                if repeat > 0:
+                    self.renew(repeat)
+                self.backpropagate(repeat)
+                if repeat == 0:
+                    order = list(self.recorder.order)
+                    if not order:
+                        raise ModelError(
+                            f"{self.spec.label} never called its weight-carrying modules"
+                        )
+                rows.append(self.measure(order))
+                if progress is not None:
+                    progress(repeat + 1, self.repeats)
+        finally:
+            self.recorder.detach()
+        return self.result(order, rows)
+
+    def backpropagate(self, repeat: int) -> None:
+        """One forward pass on a random input, one backward from a random output derivative."""
+        import torch
+
+        spec, device = self.spec, self.device
+        self.recorder.attach()
+        self.recorder.reset()
+        gen = torch.Generator(device=device)
+        gen.manual_seed(model_seed(self.seed, spec, self.batch, repeat) ^ 0x5DEECE66D)
+        x = torch.randn(
+            (self.batch, *spec.input_shape),
+            generator=gen,
+            dtype=self.dtype,
+            device=device,
+            requires_grad=True,
+        )
+        self.model.zero_grad(set_to_none=True)
+        try:
+            out = self.model(x)
+        except Exception as exc:
+            raise ModelError(
+                f"{spec.label} rejected an input of shape {tuple(x.shape)}: {_first_line(exc)}"
+            ) from None
+        finally:
+            self.recorder.detach()
+        out = _differentiable_output(out, spec.label)
+        try:
+            if out.dim() == 0 or out.numel() == 1:
+                out.reshape(()).backward()
+            else:
+                per_sample = out.numel() // out.shape[0] if out.dim() > 1 else out.numel()
+                dy = torch.randn(out.shape, generator=gen, dtype=out.dtype, device=device)
+                out.backward(dy / math.sqrt(per_sample))
+        except Exception as exc:
+            raise ModelError(f"{spec.label} failed in backward: {_first_line(exc)}") from None
+
+    def measure(self, order: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Weight-gradient norm, output variance and input-derivative variance per layer."""
+        grads, fwd, bwd = [], [], []
+        for name in order:
+            weight = self.modules[name]._parameters["weight"]
+            g = weight.grad if weight is not None else None
+            grads.append(math.nan if g is None else float(g.detach().double().norm()))
+            fwd.append(self.recorder.forward_var.get(name, math.nan))
+            bwd.append(self.recorder.backward_var.get(name, math.nan))
+        return np.array(grads), np.array(fwd), np.array(bwd)
+
+    def result(
+        self, order: list[str], rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    ) -> ModelRun:
+        labels, note = residual_paths(self.model, order)
+        notes = self.notes + ([note] if note else [])
+        modules = self.modules
+        layers = [
+            LayerInfo(
+                layer=i + 1,
+                module=name,
+                module_type=type(modules[name]).__name__,
+                param_count=sum(p.numel() for p in modules[name].parameters(recurse=False)),
+                path=labels.get(name, ("", ""))[0],
+                block=labels.get(name, ("", ""))[1],
+            )
+            for i, name in enumerate(order)
+        ]
+        grads, fwd, bwd = (np.stack([r[k] for r in rows]) for k in range(3))
+        partial = len(rows) < self.repeats
+        return ModelRun(self.spec, self.batch, layers, grads, fwd, bwd, self.reinit, notes, partial)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _differentiable_output(out: Any, label: str) -> torch.Tensor:
+    """The model's output tensor, refused with one sentence when it cannot be backpropagated."""
+    out = _first_tensor(out, label)
+    if not (out.is_floating_point() or out.is_complex()):
+        raise ModelError(
+            f"{label} returned a {str(out.dtype).removeprefix('torch.')} output; "
+            "gradscope backpropagates from a floating-point output (return the logits, "
+            "not argmax)"
+        )
+    if not out.requires_grad:
+        raise ModelError(
+            f"{label} returned an output that autograd cannot backpropagate "
+            "(detached, or computed under torch.no_grad)"
+        )
+    return out
 
 
 def _first_tensor(out: Any, label: str) -> torch.Tensor:
@@ -644,7 +654,6 @@ def model_records(
                 fitted_rate=rate,
                 fitted_rate_ci_low=low,
                 fitted_rate_ci_high=high,
-                predicted_rate=None,
                 r_squared=r2,
                 amplification=float(means[0] / means[-1]) if means[-1] else math.nan,
                 rate_first_half=first,

@@ -40,8 +40,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradscope.engine.mlp import NetSpec
 from gradscope.options import Init, Norm, ResidualScale
+from gradscope.specs import NetSpec
 from gradscope.theory.ratios import activation_moments
 from gradscope.theory.stats import log_linear_rate
 
@@ -156,7 +156,7 @@ def max_activation_moments(spec: NetSpec, k: int = 4) -> tuple[float, float, flo
 
 def _normalised_recursion(spec: NetSpec) -> Prediction:
     """Per-element variances through conv (or linear) → norm → activation [→ 2×2 max-pool]."""
-    from gradscope.engine.conv import conv_weight_std
+    from gradscope.specs import conv_weight_std
 
     act = spec.activation
     pieces = act.pieces()
