@@ -106,7 +106,7 @@ def test_usage_error_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
 
     with pytest.raises(SystemExit) as exc:
         main(["ratios", "--no-such-option"])
-    assert exc.value.code == 1
+    assert exc.value.code == 2
     assert capsys.readouterr().err.startswith("Error: No such option: --no-such-option")
 
 
@@ -165,11 +165,11 @@ def test_every_command_has_help_with_an_example_and_is_in_the_readme() -> None:
         (["nosuchcommand"], "No such command"),
     ],
 )
-def test_usage_errors_are_one_line_and_exit_1(args: list[str], fragment: str) -> None:
+def test_usage_errors_are_one_line_and_exit_2(args: list[str], fragment: str) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "gradscope", *args], capture_output=True, text=True, check=False
     )
-    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.returncode == 2 and proc.stdout == ""
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and fragment in lines[0]
     assert "Traceback" not in proc.stderr and "─" not in proc.stderr

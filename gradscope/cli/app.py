@@ -67,8 +67,9 @@ def _usage_error(exc: Exception, argv: list[str] | None = None) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI: usage errors are one ``Error:`` line on stderr and exit 1, like every other
-    user error, instead of click's framed box and exit 2."""
+    """Run the CLI: a usage error (an unknown option, a value of the wrong type) is one
+    ``Error:`` line on stderr and exit 2, as click's own convention, instead of its framed box;
+    a user error is one line and exit 1."""
     try:
         code = app(args=argv, prog_name="gradscope", standalone_mode=False)
     except Exception as exc:
@@ -82,5 +83,5 @@ def main(argv: list[str] | None = None) -> None:
         if message is None:
             raise
         sys.stderr.write(f"Error: {message}\n")
-        sys.exit(1)
+        sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)
