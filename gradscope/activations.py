@@ -67,9 +67,14 @@ class Piece:
     intercept: float
 
 
+TorchForward = Callable[[Any, Any, float], Any]
+TorchBackward = Callable[[Any, Any, Any, Any, float], Any]
+
+
 @dataclass(frozen=True)
 class Activation:
-    """One table entry: g and g' side by side, with what the quadrature and torch need."""
+    """One table entry: g and g' side by side (numpy), with what the quadrature needs and the
+    same pair in torch. Adding an activation is adding one entry (:func:`register`)."""
 
     name: str
     g: Func
@@ -79,7 +84,11 @@ class Activation:
     default_param: float | None = None
     kinks: Callable[[float], tuple[float, ...]] = lambda p: ()
     pieces: Callable[[float], tuple[Piece, ...]] | None = None  # closed form when present
-    torch_name: str = ""
+    # The same function and derivative in PyTorch: forward(F, x, p) with F =
+    # torch.nn.functional, and backward(aten, grad, u, y, p) = grad·g'(u) with aten =
+    # torch.ops.aten, y = g(u) the saved output (the fused kernels autograd itself calls).
+    forward: TorchForward = lambda F, x, p: x
+    backward: TorchBackward = lambda aten, g, u, y, p: g
     check_param: Callable[[float], str | None] = lambda p: None
     aliases: tuple[str, ...] = field(default_factory=tuple)
 
@@ -162,7 +171,8 @@ _TABLE: tuple[Activation, ...] = (
         "max(x, 0)",
         kinks=lambda p: (0.0,),
         pieces=_relu_pieces,
-        torch_name="relu",
+        forward=lambda F, x, p: F.relu(x),
+        backward=lambda aten, g, u, y, p: aten.threshold_backward(g, y, 0),
     ),
     Activation(
         "leaky_relu",
@@ -173,7 +183,8 @@ _TABLE: tuple[Activation, ...] = (
         default_param=0.01,
         kinks=lambda p: (0.0,),
         pieces=_leaky_pieces,
-        torch_name="leaky_relu",
+        forward=lambda F, x, p: F.leaky_relu(x, p),
+        backward=lambda aten, g, u, y, p: aten.leaky_relu_backward(g, u, p, False),
     ),
     Activation(
         "elu",
@@ -183,7 +194,8 @@ _TABLE: tuple[Activation, ...] = (
         param_name="alpha",
         default_param=1.0,
         kinks=lambda p: (0.0,),
-        torch_name="elu",
+        forward=lambda F, x, p: F.elu(x, p),
+        backward=lambda aten, g, u, y, p: aten.elu_backward(g, p, 1, 1, False, u),
         check_param=lambda p: None if p >= 0 else f"elu alpha must be non-negative, got {p:g}",
     ),
     Activation(
@@ -192,7 +204,8 @@ _TABLE: tuple[Activation, ...] = (
         lambda x, p: SELU_SCALE * _elu_grad(x, SELU_ALPHA),
         "scale·elu(x, alpha) with PyTorch's constants",
         kinks=lambda p: (0.0,),
-        torch_name="selu",
+        forward=lambda F, x, p: F.selu(x),
+        backward=lambda aten, g, u, y, p: aten.elu_backward(g, SELU_ALPHA, SELU_SCALE, 1, False, u),
     ),
     Activation(
         "celu",
@@ -202,26 +215,43 @@ _TABLE: tuple[Activation, ...] = (
         param_name="alpha",
         default_param=1.0,
         kinks=lambda p: (0.0,),
-        torch_name="celu",
+        forward=lambda F, x, p: F.celu(x, p),
+        backward=lambda aten, g, u, y, p: aten.elu_backward(g, p, 1, 1.0 / p, False, u),
         check_param=_positive("celu alpha"),
     ),
-    Activation("gelu", _gelu, _gelu_grad, "x·Φ(x) (exact erf form)", torch_name="gelu"),
+    Activation(
+        "gelu",
+        _gelu,
+        _gelu_grad,
+        "x·Φ(x) (exact erf form)",
+        forward=lambda F, x, p: F.gelu(x),
+        backward=lambda aten, g, u, y, p: aten.gelu_backward(g, u),
+    ),
     Activation(
         "gelu_tanh",
         _gelu_tanh,
         _gelu_tanh_grad,
         "GELU, tanh approximation",
-        torch_name="gelu_tanh",
+        forward=lambda F, x, p: F.gelu(x, approximate="tanh"),
+        backward=lambda aten, g, u, y, p: aten.gelu_backward(g, u, approximate="tanh"),
     ),
     Activation(
         "silu",
         lambda x, p: x * _sigmoid(x),
         lambda x, p: _sigmoid(x) * (1.0 + x * (1.0 - _sigmoid(x))),
         "x·sigmoid(x)",
-        torch_name="silu",
+        forward=lambda F, x, p: F.silu(x),
+        backward=lambda aten, g, u, y, p: aten.silu_backward(g, u),
         aliases=("swish",),
     ),
-    Activation("mish", _mish, _mish_grad, "x·tanh(softplus(x))", torch_name="mish"),
+    Activation(
+        "mish",
+        _mish,
+        _mish_grad,
+        "x·tanh(softplus(x))",
+        forward=lambda F, x, p: F.mish(x),
+        backward=lambda aten, g, u, y, p: aten.mish_backward(g, u),
+    ),
     Activation(
         "softplus",
         _softplus,
@@ -230,7 +260,8 @@ _TABLE: tuple[Activation, ...] = (
         param_name="beta",
         default_param=1.0,
         kinks=lambda b: (SOFTPLUS_THRESHOLD / b,),
-        torch_name="softplus",
+        forward=lambda F, x, p: F.softplus(x, beta=p),
+        backward=lambda aten, g, u, y, p: aten.softplus_backward(g, u, p, SOFTPLUS_THRESHOLD),
         check_param=_positive("softplus beta"),
     ),
     Activation(
@@ -238,14 +269,16 @@ _TABLE: tuple[Activation, ...] = (
         lambda x, p: np.tanh(x),
         lambda x, p: 1.0 - np.tanh(x) ** 2,
         "tanh(x)",
-        torch_name="tanh",
+        forward=lambda F, x, p: x.tanh(),
+        backward=lambda aten, g, u, y, p: aten.tanh_backward(g, y),
     ),
     Activation(
         "sigmoid",
         lambda x, p: _sigmoid(x),
         lambda x, p: _sigmoid(x) * (1.0 - _sigmoid(x)),
         "1/(1 + exp(−x))",
-        torch_name="sigmoid",
+        forward=lambda F, x, p: x.sigmoid(),
+        backward=lambda aten, g, u, y, p: aten.sigmoid_backward(g, y),
     ),
     Activation(
         "hardtanh",
@@ -256,7 +289,8 @@ _TABLE: tuple[Activation, ...] = (
         default_param=1.0,
         kinks=lambda a: (-a, a),
         pieces=lambda a: _clip_pieces(-a, a),
-        torch_name="hardtanh",
+        forward=lambda F, x, p: F.hardtanh(x, -p, p),
+        backward=lambda aten, g, u, y, p: aten.hardtanh_backward(g, u, -p, p),
         check_param=_positive("hardtanh max_val"),
     ),
     Activation(
@@ -265,7 +299,8 @@ _TABLE: tuple[Activation, ...] = (
         _hardswish_grad,
         "x·relu6(x + 3)/6",
         kinks=lambda p: (-3.0, 3.0),
-        torch_name="hardswish",
+        forward=lambda F, x, p: F.hardswish(x),
+        backward=lambda aten, g, u, y, p: aten.hardswish_backward(g, u),
     ),
     Activation(
         "relu6",
@@ -274,7 +309,8 @@ _TABLE: tuple[Activation, ...] = (
         "min(max(x, 0), 6)",
         kinks=lambda p: (0.0, 6.0),
         pieces=lambda p: _clip_pieces(0.0, 6.0),
-        torch_name="relu6",
+        forward=lambda F, x, p: F.relu6(x),
+        backward=lambda aten, g, u, y, p: aten.hardtanh_backward(g, u, 0.0, 6.0),
     ),
     Activation(
         "softsign",
@@ -282,7 +318,8 @@ _TABLE: tuple[Activation, ...] = (
         lambda x, p: 1.0 / (1.0 + np.abs(x)) ** 2,
         "x/(1 + |x|)",
         kinks=lambda p: (0.0,),
-        torch_name="softsign",
+        forward=lambda F, x, p: F.softsign(x),
+        backward=lambda aten, g, u, y, p: g / (1.0 + u.abs()).square(),
     ),
     Activation(
         "identity",
@@ -290,13 +327,24 @@ _TABLE: tuple[Activation, ...] = (
         lambda x, p: np.ones_like(x),
         "x (a linear network)",
         pieces=lambda p: (Piece(-math.inf, math.inf, 1.0, 0.0),),
-        torch_name="identity",
+        forward=lambda F, x, p: x,
+        backward=lambda aten, g, u, y, p: g,
         aliases=("linear",),
     ),
 )
 
 ACTIVATIONS: dict[str, Activation] = {a.name: a for a in _TABLE}
 ALIASES: dict[str, str] = {alias: a.name for a in _TABLE for alias in a.aliases}
+
+
+def register(activation: Activation) -> None:
+    """Add an activation to the table: ``ratios``, ``simulate`` and the predictions then know
+    it by its name (and aliases)."""
+    if activation.name in ACTIVATIONS or activation.name in ALIASES:
+        raise SpecError(f"an activation named {activation.name!r} exists already")
+    ACTIVATIONS[activation.name] = activation
+    ALIASES.update({alias: activation.name for alias in activation.aliases})
+
 
 # The default `gradscope ratios` table: the activations people actually use.
 COMMON = (
@@ -347,32 +395,15 @@ class ActivationSpec:
     def pieces(self) -> tuple[Piece, ...] | None:
         return None if self.entry.pieces is None else self.entry.pieces(self.param)
 
-    def torch_fn(self) -> Callable[[Any], Any]:
-        """The PyTorch functional with this parameter (imports torch)."""
-        import torch
-        import torch.nn.functional as F
+    def torch_forward(self, functional: Any) -> Callable[[Any], Any]:
+        """x ↦ g(x) in torch; ``functional`` is ``torch.nn.functional``."""
+        forward, p = self.entry.forward, self.param
+        return lambda x: forward(functional, x, p)
 
-        p = self.param
-        fns: dict[str, Callable[[Any], Any]] = {
-            "relu": F.relu,
-            "leaky_relu": lambda x: F.leaky_relu(x, p),
-            "elu": lambda x: F.elu(x, p),
-            "selu": F.selu,
-            "celu": lambda x: F.celu(x, p),
-            "gelu": F.gelu,
-            "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
-            "silu": F.silu,
-            "mish": F.mish,
-            "softplus": lambda x: F.softplus(x, beta=p),
-            "tanh": torch.tanh,
-            "sigmoid": torch.sigmoid,
-            "hardtanh": lambda x: F.hardtanh(x, -p, p),
-            "hardswish": F.hardswish,
-            "relu6": F.relu6,
-            "softsign": F.softsign,
-            "identity": lambda x: x,
-        }
-        return fns[self.entry.torch_name]
+    def torch_backward(self, aten: Any) -> Callable[[Any, Any, Any], Any]:
+        """``back(grad, u, y)`` = grad·g'(u) in torch; ``aten`` is ``torch.ops.aten``."""
+        backward, p = self.entry.backward, self.param
+        return lambda g, u, y: backward(aten, g, u, y, p)
 
 
 def known_names() -> list[str]:

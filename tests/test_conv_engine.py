@@ -12,7 +12,8 @@ from torch import nn
 from gradscope.activations import parse_activation
 from gradscope.api import simulate
 from gradscope.engine.conv import conv_forward_backward, draw_conv_repeat
-from gradscope.engine.simulate import activation_backward, forward_backward
+from gradscope.engine.layers import activation_backward, activation_forward
+from gradscope.engine.simulate import forward_backward
 from gradscope.errors import SpecError
 from gradscope.options import Arch, Dtype, Init, Norm, NormPosition, ResidualScale
 from gradscope.specs import NetSpec, build_specs
@@ -84,7 +85,7 @@ def reference(spec: NetSpec, weights: list[torch.Tensor], x: torch.Tensor, dy: t
         with torch.no_grad():
             m.weight.copy_(w)
         layers.append(m)
-    act = spec.activation.torch_fn()
+    act = activation_forward(spec.activation)
     pool = nn.MaxPool2d(2)
     pools = set(spec.pools_after)
     scale = spec.branch_scale
@@ -138,7 +139,7 @@ def reference(spec: NetSpec, weights: list[torch.Tensor], x: torch.Tensor, dy: t
 
 
 def run_engine(spec: NetSpec, dtype: Dtype, seed: int = 3):
-    act = (spec.activation.torch_fn(), activation_backward(spec.activation))
+    act = (activation_forward(spec.activation), activation_backward(spec.activation))
     draw = draw_conv_repeat(spec, seed, 0, dtype)
     out = conv_forward_backward(spec, draw.weights, draw.x, draw.dy, *act)
     return draw, out

@@ -11,7 +11,7 @@ import pytest
 
 from gradscope.api import simulate
 from gradscope.engine.conv import conv_forward_backward, draw_conv_repeat
-from gradscope.engine.simulate import activation_backward
+from gradscope.engine.layers import activation_backward, activation_forward
 from gradscope.specs import build_specs
 from gradscope.theory.predict import max_activation_moments, predict
 from gradscope.theory.ratios import maxpool_ratios
@@ -31,7 +31,7 @@ def pool_ratios_per_repeat(activation: str, image_size: int, repeats: int) -> np
         image_size=image_size,
         pool_every=1,
     )[0]
-    act = (spec.activation.torch_fn(), activation_backward(spec.activation))
+    act = (activation_forward(spec.activation), activation_backward(spec.activation))
     out, draw = [], None
     for k in range(repeats):
         draw = draw_conv_repeat(spec, 0, k, out=draw)

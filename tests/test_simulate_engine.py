@@ -11,6 +11,7 @@ from torch import nn
 
 from gradscope.activations import parse_activation
 from gradscope.api import simulate
+from gradscope.engine.layers import activation_forward
 from gradscope.engine.mlp import draw_repeat, repeat_seed
 from gradscope.engine.simulate import _intra_op_threads, forward_backward, run_configuration
 from gradscope.options import Arch, Dtype, Init, Norm, ResidualScale
@@ -61,7 +62,7 @@ class Reference(nn.Module):
             else:
                 norm = nn.Identity()
             self.norms.append(norm.to(w.dtype))
-        self.act = spec.activation.torch_fn()
+        self.act = activation_forward(spec.activation)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         outs = [x]

@@ -15,6 +15,7 @@ from torch import nn
 
 from gradscope.api import train
 from gradscope.checkpoint.reader import inspect_checkpoint
+from gradscope.engine.layers import activation_forward
 from gradscope.engine.mlp import draw_repeat
 from gradscope.engine.train import make_task_data
 from gradscope.errors import RecordsError, SpecError
@@ -65,7 +66,7 @@ class Reference(nn.Module):
             for _ in range(spec.depth)
         )
         self.head = nn.Linear(spec.width, classes)
-        self.act = spec.activation.torch_fn()
+        self.act = activation_forward(spec.activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xs = [x]

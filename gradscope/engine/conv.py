@@ -25,9 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from gradscope.engine.layers import norm_backward, norm_forward, pool_backward, pool_forward
 from gradscope.engine.mlp import repeat_seed, torch_dtype
-from gradscope.options import Arch, Dtype, Init, Norm, NormPosition
-from gradscope.specs import CONV_KERNEL, NORM_EPS, TRUNC_STD, NetSpec, conv_weight_std
+from gradscope.options import Arch, Dtype, Init, NormPosition
+from gradscope.specs import CONV_KERNEL, TRUNC_STD, NetSpec, conv_weight_std
 
 if TYPE_CHECKING:
     import torch
@@ -122,62 +123,6 @@ def _conv_backward(
     return dx, dw
 
 
-def _norm_fwd(norm: Norm, h: torch.Tensor) -> tuple[torch.Tensor, Any]:
-    import torch
-
-    if norm is Norm.batchnorm:
-        out, mean, invstd = torch.native_batch_norm(h, None, None, None, None, True, 0.0, NORM_EPS)
-        return out, (mean, invstd)
-    if norm is Norm.layernorm:
-        n = h.shape[0]
-        out, mean, rstd = torch.native_group_norm(
-            h, None, None, n, h.shape[1], h.shape[2] * h.shape[3], 1, NORM_EPS
-        )
-        return out, (mean, rstd)
-    return h, None
-
-
-def _norm_bwd(norm: Norm, grad: torch.Tensor, h: torch.Tensor, saved: Any) -> torch.Tensor:
-    import torch
-
-    aten = torch.ops.aten
-    if norm is Norm.batchnorm:
-        mean, invstd = saved
-        return aten.native_batch_norm_backward(
-            grad, h, None, None, None, mean, invstd, True, NORM_EPS, [True, False, False]
-        )[0]
-    if norm is Norm.layernorm:
-        mean, rstd = saved
-        n = h.shape[0]
-        return aten.native_group_norm_backward(
-            grad.contiguous(),
-            h.contiguous(),
-            mean,
-            rstd,
-            None,
-            n,
-            h.shape[1],
-            h.shape[2] * h.shape[3],
-            1,
-            [True, False, False],
-        )[0].contiguous(memory_format=torch.channels_last)
-    return grad
-
-
-def _pool_fwd(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    import torch
-
-    return torch.ops.aten.max_pool2d_with_indices(y, [2, 2], [2, 2], [0, 0], [1, 1], False)
-
-
-def _pool_bwd(grad: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    import torch
-
-    return torch.ops.aten.max_pool2d_with_indices_backward(
-        grad, y, [2, 2], [2, 2], [0, 0], [1, 1], False, idx
-    )
-
-
 def channel_var(t: torch.Tensor, wide: bool = False) -> torch.Tensor:
     """Variance over batch and positions of each channel, averaged over channels."""
     import torch
@@ -236,7 +181,7 @@ def conv_forward_backward(
         fvar, pin_var = [], []
         for i in range(depth):
             h = _conv(xs[-1], weights[i])
-            n, state = _norm_fwd(norm, h)
+            n, state = norm_forward(norm, h)
             u = n
             if resnet and i % 2 == 1:
                 u = n * scale + xs[-2] if scale != 1.0 else n + xs[-2]
@@ -244,7 +189,7 @@ def conv_forward_backward(
             idx = None
             if i + 1 in pools:
                 pin_var.append(channel_var(y, wide_stats))
-                out, idx = _pool_fwd(y)
+                out, idx = pool_forward(y)
             else:
                 pin_var.append(nan)
                 out = y
@@ -261,7 +206,7 @@ def conv_forward_backward(
             h, state, u, y, idx = saved[i]
             g = grads[i + 1]
             if idx is not None:
-                g = _pool_bwd(g, y, idx)
+                g = pool_backward(g, y, idx)
                 pin_bvar[i] = channel_var(g, wide_stats)
             du = act_back(g, u, y)
             if resnet and i % 2 == 1:
@@ -269,7 +214,7 @@ def conv_forward_backward(
                 dn = du * scale if scale != 1.0 else du
             else:
                 dn = du
-            dh = _norm_bwd(norm, dn, h, state)
+            dh = norm_backward(norm, dn, h, state)
             dx, dw = _conv_backward(dh, xs[i], weights[i], True)
             norms[i] = torch.linalg.vector_norm(dw, dtype=torch.float64 if wide_stats else None)
             assert dx is not None
@@ -317,10 +262,10 @@ def _prenorm(
         blocks = []
         for k in range(depth // 2):
             w1, w2 = weights[2 * k], weights[2 * k + 1]
-            n1, s1 = _norm_fwd(norm, stream)
+            n1, s1 = norm_forward(norm, stream)
             a1 = act_fn(n1)
             h1 = _conv(a1, w1)
-            n2, s2 = _norm_fwd(norm, h1)
+            n2, s2 = norm_forward(norm, h1)
             a2 = act_fn(n2)
             h2 = _conv(a2, w2)
             new = stream + h2 * scale if scale != 1.0 else stream + h2
@@ -328,7 +273,7 @@ def _prenorm(
             idx = None
             if 2 * k + 2 in pools:
                 pin_var[2 * k + 1] = channel_var(new, wide_stats)
-                pooled, idx = _pool_fwd(new)
+                pooled, idx = pool_forward(new)
             else:
                 pooled = new
             fvar[2 * k + 1] = channel_var(pooled, wide_stats)
@@ -339,7 +284,7 @@ def _prenorm(
             stream, s1, n1, a1, h1, s2, n2, a2, new, idx = blocks[k]
             w1, w2 = weights[2 * k], weights[2 * k + 1]
             if idx is not None:
-                g = _pool_bwd(g, new, idx)
+                g = pool_backward(g, new, idx)
                 pin_bvar[2 * k + 1] = channel_var(g, wide_stats)
             dh2 = g * scale if scale != 1.0 else g
             da2, dw2 = _conv_backward(dh2, a2, w2, True)
@@ -347,12 +292,12 @@ def _prenorm(
                 dw2, dtype=torch.float64 if wide_stats else None
             )
             bvar[2 * k + 1] = channel_var(da2, wide_stats)
-            dh1 = _norm_bwd(norm, act_back(da2, n2, a2), h1, s2)
+            dh1 = norm_backward(norm, act_back(da2, n2, a2), h1, s2)
             da1, dw1 = _conv_backward(dh1, a1, w1, True)
             norms[2 * k] = torch.linalg.vector_norm(
                 dw1, dtype=torch.float64 if wide_stats else None
             )
-            g = g + _norm_bwd(norm, act_back(da1, n1, a1), stream, s1)
+            g = g + norm_backward(norm, act_back(da1, n1, a1), stream, s1)
             bvar[2 * k] = channel_var(g, wide_stats)
             blocks[k] = None  # type: ignore[call-overload]
     return ConvOutput(

@@ -30,12 +30,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gradscope.activations import SELU_ALPHA, SELU_SCALE, ActivationSpec
+from gradscope.activations import ActivationSpec
+from gradscope.engine.layers import (
+    activation_backward,
+    activation_forward,
+    norm_backward,
+    norm_forward,
+)
 from gradscope.engine.mlp import RepeatDraw, draw_repeat, resolve_device, torch_dtype
 from gradscope.errors import ResourceError
-from gradscope.options import Arch, Backend, Dtype, Norm, NormPosition
+from gradscope.options import Arch, Backend, Dtype, NormPosition
 from gradscope.schema import Result, SimulateRecord, SimulateSummary
-from gradscope.specs import NORM_EPS, NetSpec, SimulateRequest, check_seed
+from gradscope.specs import NetSpec, SimulateRequest, check_seed
 from gradscope.theory.predict import Prediction, predict
 from gradscope.theory.stats import LayerStats, bootstrap_rate_ci, half_rates, log_linear_rate
 
@@ -120,80 +126,8 @@ def format_bytes(n: float) -> str:
 # Activation derivatives: the ATen kernels autograd itself calls, one fused pass each.
 
 
-def activation_backward(act: ActivationSpec) -> Callable[[Any, Any, Any], Any]:
-    """``back(grad, u, y)`` = grad · g'(u), where y = g(u) is the saved output."""
-    import torch
-
-    aten = torch.ops.aten
-    p = act.param
-    name = act.entry.torch_name
-    table: dict[str, Callable[[Any, Any, Any], Any]] = {
-        "relu": lambda g, u, y: aten.threshold_backward(g, y, 0),
-        "leaky_relu": lambda g, u, y: aten.leaky_relu_backward(g, u, p, False),
-        "elu": lambda g, u, y: aten.elu_backward(g, p, 1, 1, False, u),
-        "selu": lambda g, u, y: aten.elu_backward(g, SELU_ALPHA, SELU_SCALE, 1, False, u),
-        "celu": lambda g, u, y: aten.elu_backward(g, p, 1, 1.0 / p, False, u),
-        "gelu": lambda g, u, y: aten.gelu_backward(g, u),
-        "gelu_tanh": lambda g, u, y: aten.gelu_backward(g, u, approximate="tanh"),
-        "silu": lambda g, u, y: aten.silu_backward(g, u),
-        "mish": lambda g, u, y: aten.mish_backward(g, u),
-        "softplus": lambda g, u, y: aten.softplus_backward(g, u, p, 20.0),
-        "tanh": lambda g, u, y: aten.tanh_backward(g, y),
-        "sigmoid": lambda g, u, y: aten.sigmoid_backward(g, y),
-        "hardtanh": lambda g, u, y: aten.hardtanh_backward(g, u, -p, p),
-        "hardswish": lambda g, u, y: aten.hardswish_backward(g, u),
-        "relu6": lambda g, u, y: aten.hardtanh_backward(g, u, 0.0, 6.0),
-        "softsign": lambda g, u, y: g / (1.0 + u.abs()).square(),
-        "identity": lambda g, u, y: g,
-    }
-    return table[name]
-
-
 # --------------------------------------------------------------------------------------------
 # Norm layers: forward keeps (normalised output, 1/σ); backward is the closed form.
-
-
-def _norm_forward(norm: Norm, h: torch.Tensor) -> tuple[torch.Tensor, Any]:
-    import torch
-
-    if norm is Norm.batchnorm:
-        if h.dim() == 2:
-            out, mean, invstd = torch.native_batch_norm(
-                h, None, None, None, None, True, 0.0, NORM_EPS
-            )
-            return out, (mean, invstd)
-        # (R, batch, width): statistics over the batch of each repeat
-        # Two passes of sums: torch.var_mean over the batch dimension is slow on a CPU.
-        centred = h - h.mean(dim=-2, keepdim=True)
-        invstd = torch.rsqrt((centred * centred).mean(dim=-2, keepdim=True) + NORM_EPS)
-        out = centred * invstd
-        return out, (out, invstd)
-    if norm is Norm.layernorm:
-        out, mean, rstd = torch.native_layer_norm(h, [h.shape[-1]], None, None, NORM_EPS)
-        return out, (mean, rstd)
-    return h, None
-
-
-def _norm_backward(norm: Norm, grad: torch.Tensor, h: torch.Tensor, saved: Any) -> torch.Tensor:
-    import torch
-
-    aten = torch.ops.aten
-    if norm is Norm.batchnorm:
-        if h.dim() == 2:
-            mean, invstd = saved
-            return aten.native_batch_norm_backward(
-                grad, h, None, None, None, mean, invstd, True, NORM_EPS, [True, False, False]
-            )[0]
-        out, invstd = saved
-        g_mean = grad.mean(dim=-2, keepdim=True)
-        go_mean = (grad * out).mean(dim=-2, keepdim=True)
-        return (grad - g_mean - out * go_mean) * invstd
-    if norm is Norm.layernorm:
-        mean, rstd = saved
-        return aten.native_layer_norm_backward(
-            grad, h, [h.shape[-1]], mean, rstd, None, None, [True, False, False]
-        )[0]
-    return grad
 
 
 def _unit_var(t: torch.Tensor, wide: bool = False) -> torch.Tensor:
@@ -254,7 +188,7 @@ def forward_backward(
     """
     import torch
 
-    act_fn = act_fn or spec.activation.torch_fn()
+    act_fn = act_fn or activation_forward(spec.activation)
     act_back = act_back or activation_backward(spec.activation)
     if spec.arch is Arch.resnet and spec.norm_position is NormPosition.pre:
         return _prenorm_forward_backward(spec, weights, x, dy, act_fn, act_back, wide_stats)
@@ -269,7 +203,7 @@ def forward_backward(
         for i in range(depth):
             w = w_of(i)
             h = torch.matmul(xs[-1], w.transpose(-1, -2))
-            n, state = _norm_forward(norm, h)
+            n, state = norm_forward(norm, h)
             is_second = resnet and i % 2 == 1
             u = n
             if is_second:
@@ -294,7 +228,7 @@ def forward_backward(
                 dn = du * scale if scale != 1.0 else du
             else:
                 dn = du
-            dh = _norm_backward(norm, dn, h, state)
+            dh = norm_backward(norm, dn, h, state)
             grad_w = torch.matmul(dh.transpose(-1, -2), xs[i])
             norms[i] = torch.linalg.vector_norm(
                 grad_w, dim=(-2, -1), dtype=torch.float64 if wide_stats else None
@@ -336,10 +270,10 @@ def _prenorm_forward_backward(
         fvar: list[torch.Tensor] = []
         for k in range(blocks):
             w1, w2 = w_of(2 * k), w_of(2 * k + 1)
-            n1, s1 = _norm_forward(norm, stream)
+            n1, s1 = norm_forward(norm, stream)
             a1 = act_fn(n1)
             h1 = torch.matmul(a1, w1.transpose(-1, -2))
-            n2, s2 = _norm_forward(norm, h1)
+            n2, s2 = norm_forward(norm, h1)
             a2 = act_fn(n2)
             h2 = torch.matmul(a2, w2.transpose(-1, -2))
             new = stream + h2 * scale if scale != 1.0 else stream + h2
@@ -358,12 +292,12 @@ def _prenorm_forward_backward(
             )
             da2 = torch.matmul(dh2, w2)
             bvars[2 * k + 1] = _unit_var(da2, wide_stats)
-            dh1 = _norm_backward(norm, act_back(da2, n2, a2), h1, s2)
+            dh1 = norm_backward(norm, act_back(da2, n2, a2), h1, s2)
             norms[2 * k] = torch.linalg.vector_norm(
                 torch.matmul(dh1.transpose(-1, -2), a1), dim=(-2, -1), dtype=wide
             )
             da1 = torch.matmul(dh1, w1)
-            g = g + _norm_backward(norm, act_back(da1, n1, a1), stream, s1)
+            g = g + norm_backward(norm, act_back(da1, n1, a1), stream, s1)
             bvars[2 * k] = _unit_var(g, wide_stats)
             saved[k] = None  # type: ignore[call-overload]
         return RepeatOutput(torch.stack(norms, -1), torch.stack(fvar, -1), torch.stack(bvars, -1))
@@ -384,13 +318,6 @@ def _overflow_layer(out: Any, depth: int) -> int | None:
 
 # --------------------------------------------------------------------------------------------
 # Running one configuration
-
-
-class _Worker:
-    """Per-thread buffers, reused for every repeat the thread runs."""
-
-    def __init__(self) -> None:
-        self.draw: RepeatDraw | None = None
 
 
 def _run_one(
@@ -568,7 +495,7 @@ def _process_chunk(
     """Repeats ``first .. first+count-1`` in a worker process."""
     act = _CHILD_ACT.get(spec.activation)
     if act is None:
-        act = (spec.activation.torch_fn(), activation_backward(spec.activation))
+        act = (activation_forward(spec.activation), activation_backward(spec.activation))
         _CHILD_ACT[spec.activation] = act
     return [
         _run_one(spec, seed, k, dtype, "cpu", _CHILD_LOCAL, act)
@@ -642,7 +569,7 @@ def run_configuration(
         progress: called with the number of repeats just completed.
     """
     stats = LayerStats(spec.depth)
-    act = (spec.activation.torch_fn(), activation_backward(spec.activation))
+    act = (activation_forward(spec.activation), activation_backward(spec.activation))
     workers = workers or default_workers(device)
     chunk = chunk or (1 if device == "cpu" else 64)
     if spec.arch.is_conv:

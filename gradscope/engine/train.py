@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gradscope.engine.layers import activation_forward
 from gradscope.engine.mlp import draw_repeat, resolve_device, torch_dtype
 from gradscope.engine.simulate import default_workers
 from gradscope.errors import SpecError
@@ -191,7 +192,7 @@ def build_model(spec: NetSpec, classes: int) -> Any:
     """
     from torch import nn
 
-    act = spec.activation.torch_fn()
+    act = activation_forward(spec.activation)
 
     class Block(nn.Module):
         def __init__(self) -> None:
