@@ -43,7 +43,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from gradscope.engine.simulate import make_process_pool, run_configuration
+from gradscope.engine.runner import make_process_pool, run_configuration
 from gradscope.options import Backend
 from gradscope.specs import build_specs
 

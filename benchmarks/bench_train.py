@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradscope.engine.mlp import draw_repeat
+from gradscope.engine.draws import draw_repeat
 from gradscope.engine.train import make_task_data, train_repeat
 from gradscope.options import Dtype
 from gradscope.specs import NORM_EPS, build_specs, make_config

@@ -13,9 +13,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gradscope.activations import ActivationSpec
+from gradscope.engine.runner import ProgressFn
 from gradscope.engine.simulate import SimulationResult
 from gradscope.engine.simulate import run as run_simulation
-from gradscope.engine.train import ProgressFn, TrainResult
+from gradscope.engine.train import TrainResult
 from gradscope.engine.train import run as run_training
 from gradscope.options import (
     Arch,

@@ -11,9 +11,10 @@ from torch import nn
 
 from gradscope.activations import parse_activation
 from gradscope.api import simulate
-from gradscope.engine.conv import conv_forward_backward, draw_conv_repeat
+from gradscope.engine.conv import conv_forward_backward
+from gradscope.engine.draws import draw_conv_repeat
 from gradscope.engine.layers import activation_backward, activation_forward
-from gradscope.engine.simulate import forward_backward
+from gradscope.engine.mlp import forward_backward
 from gradscope.errors import SpecError
 from gradscope.options import Arch, Dtype, Init, Norm, NormPosition, ResidualScale
 from gradscope.specs import NetSpec, build_specs
@@ -184,7 +185,7 @@ def test_conv_engine_matches_autograd_float32() -> None:
 @pytest.mark.parametrize("norm", ["batchnorm", "layernorm"])
 @pytest.mark.parametrize("scale", ["none", "invsqrt-depth", "zero-gamma"])
 def test_prenorm_mlp_matches_autograd(norm: str, scale: str) -> None:
-    from gradscope.engine.mlp import draw_repeat
+    from gradscope.engine.draws import draw_repeat
 
     spec = NetSpec(
         arch=Arch.resnet,

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from gradscope.api import simulate
-from gradscope.engine.conv import conv_forward_backward, draw_conv_repeat
+from gradscope.engine.conv import conv_forward_backward
+from gradscope.engine.draws import draw_conv_repeat
 from gradscope.engine.layers import activation_backward, activation_forward
 from gradscope.specs import build_specs
 from gradscope.theory.predict import max_activation_moments, predict

@@ -11,9 +11,10 @@ from torch import nn
 
 from gradscope.activations import parse_activation
 from gradscope.api import simulate
+from gradscope.engine.draws import draw_repeat, repeat_seed
 from gradscope.engine.layers import activation_forward
-from gradscope.engine.mlp import draw_repeat, repeat_seed
-from gradscope.engine.simulate import _intra_op_threads, forward_backward, run_configuration
+from gradscope.engine.mlp import forward_backward
+from gradscope.engine.runner import _intra_op_threads, run_configuration
 from gradscope.options import Arch, Dtype, Init, Norm, ResidualScale
 from gradscope.specs import NetSpec
 
@@ -211,7 +212,7 @@ def test_c_identity_net_overflow_is_reported_not_hidden() -> None:
 
 
 def test_worker_processes_give_the_same_bits() -> None:
-    from gradscope.engine.simulate import make_process_pool
+    from gradscope.engine.runner import make_process_pool
     from gradscope.options import Backend
 
     spec = make_spec(arch="resnet", activation="selu", depth=6, width=32, batch=16)

@@ -15,8 +15,8 @@ from torch import nn
 
 from gradscope.api import train
 from gradscope.checkpoint.reader import inspect_checkpoint
+from gradscope.engine.draws import draw_repeat
 from gradscope.engine.layers import activation_forward
-from gradscope.engine.mlp import draw_repeat
 from gradscope.engine.train import make_task_data
 from gradscope.errors import RecordsError, SpecError
 from gradscope.options import Dtype, Task

@@ -23,82 +23,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
 
 from gradscope.engine.layers import norm_backward, norm_forward, pool_backward, pool_forward
-from gradscope.engine.mlp import repeat_seed, torch_dtype
-from gradscope.options import Arch, Dtype, Init, NormPosition
-from gradscope.specs import CONV_KERNEL, TRUNC_STD, NetSpec, conv_weight_std
-
-if TYPE_CHECKING:
-    import torch
-
-
-@dataclass
-class ConvDraw:
-    """One repeat: ``weights[l]`` (c_out, c_in, 3, 3) channels_last, ``x`` (batch, C, S, S),
-    ``dy`` like the last layer's output; all channels_last."""
-
-    weights: list[torch.Tensor]
-    x: torch.Tensor
-    dy: torch.Tensor
-
-
-def draw_conv_repeat(
-    spec: NetSpec,
-    seed: int,
-    repeat: int,
-    dtype: Dtype = Dtype.float32,
-    device: str = "cpu",
-    out: ConvDraw | None = None,
-) -> ConvDraw:
-    """Weights (layer 1 first), then the N(0, 1) input, then the output derivative
-    N(0, 1/(C·H·W)) (the MLP's N(0, 1/width), per sample), from the repeat's own generator."""
-    import torch
-
-    cl = torch.channels_last
-    tdt = torch_dtype(dtype)
-    ch, size = spec.channels, spec.image_size
-    last = int(math.isqrt(spec.spatial[-1]))
-    if out is None:
-        k = CONV_KERNEL
-        out = ConvDraw(
-            weights=[
-                torch.empty(ch[i + 1], ch[i], k, k, dtype=tdt, device=device).to(memory_format=cl)
-                for i in range(spec.depth)
-            ],
-            x=torch.empty(spec.batch, ch[0], size, size, dtype=tdt, device=device).to(
-                memory_format=cl
-            ),
-            dy=torch.empty(spec.batch, ch[-1], last, last, dtype=tdt, device=device).to(
-                memory_format=cl
-            ),
-        )
-    gen = torch.Generator(device=device)
-    gen.manual_seed(repeat_seed(seed, spec, repeat))
-    # Draws fill each channels_last tensor in memory order (N, H, W, C): on a CPU, normal_ on
-    # the contiguous view is 7× faster than on the strided NCHW view.
-    for i, w4 in enumerate(out.weights):
-        w = _memory_order(w4)
-        std = conv_weight_std(spec, ch[i], ch[i + 1])
-        if spec.init is Init.xavier_uniform:
-            w.uniform_(-std * math.sqrt(3.0), std * math.sqrt(3.0), generator=gen)
-        elif spec.init is Init.truncated_normal:
-            lo = 0.5 * math.erfc(2.0 / math.sqrt(2.0))
-            w.uniform_(lo, 1.0 - lo, generator=gen)
-            torch.special.ndtri(w, out=w)
-            w.mul_(std / TRUNC_STD)
-        else:
-            w.normal_(0.0, std, generator=gen)
-    _memory_order(out.x).normal_(0.0, 1.0, generator=gen)
-    _memory_order(out.dy).normal_(0.0, 1.0 / math.sqrt(ch[-1] * last * last), generator=gen)
-    return out
-
-
-def _memory_order(t: torch.Tensor) -> torch.Tensor:
-    """The contiguous (N, H, W, C) view of a channels_last tensor."""
-    return t.permute(0, 2, 3, 1)
-
+from gradscope.options import Arch, NormPosition
+from gradscope.specs import CONV_KERNEL, NetSpec
 
 # --------------------------------------------------------------------------------------------
 # Building blocks: forward keeps what the backward needs.
@@ -107,7 +38,6 @@ _STRIDE, _PAD, _DIL = [1, 1], [1, 1], [1, 1]
 
 
 def _conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    import torch
 
     return torch.ops.aten.convolution(x, w, None, _STRIDE, _PAD, _DIL, False, [0, 0], 1)
 
@@ -115,7 +45,6 @@ def _conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 def _conv_backward(
     grad: torch.Tensor, x: torch.Tensor, w: torch.Tensor, need_input: bool
 ) -> tuple[Any, torch.Tensor]:
-    import torch
 
     dx, dw, _ = torch.ops.aten.convolution_backward(
         grad, x, w, None, _STRIDE, _PAD, _DIL, False, [0, 0], 1, [need_input, True, False]
@@ -125,7 +54,6 @@ def _conv_backward(
 
 def channel_var(t: torch.Tensor, wide: bool = False) -> torch.Tensor:
     """Variance over batch and positions of each channel, averaged over channels."""
-    import torch
 
     if wide:
         t = t.to(torch.float64)
@@ -167,7 +95,6 @@ def conv_forward_backward(
     Args:
         weights: per layer (c_out, c_in, 3, 3); x: (batch, C, S, S); dy: like the output.
     """
-    import torch
 
     if spec.arch.is_resnet and spec.norm_position is NormPosition.pre:
         return _prenorm(spec, weights, x, dy, act_fn, act_back, wide_stats)
@@ -247,7 +174,6 @@ def _prenorm(
     g(norm(W1·…)), the input of W2; layer 2k+2 (W2) the derivative at its input and the
     variance of x_{k+1} (after the pool, if one follows).
     """
-    import torch
 
     depth, norm, scale = spec.depth, spec.norm, spec.branch_scale
     pools = set(spec.pools_after)

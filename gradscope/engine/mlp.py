@@ -1,117 +1,204 @@
-"""Synthetic architectures for ``simulate``: their options, their specs and their random draws.
+"""The MLP archs of ``simulate`` (plain and resnet): a hand-written forward and backward of
+one repeat, or of a stack of R repeats on a leading dimension.
 
-A :class:`NetSpec` fixes one configuration (architecture, activation, normalisation,
-initialisation, sizes). :func:`draw_repeat` draws one repeat's weights, input and output
-derivative from a generator seeded by (seed, configuration, repeat index) only, so a
-repeat's numbers never depend on which other repeats ran, in which order or in which chunk.
-
-The enums are imported by the CLI without torch; torch is imported inside the functions.
+The forward keeps what the backward needs; the backward runs the fused ATen kernels of
+:mod:`gradscope.engine.layers` without building an autograd graph, giving per layer the
+weight-gradient norm, the variance of the layer's output and of the derivative at its input.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from gradscope.errors import SpecError
-from gradscope.options import Device, Dtype, Init
-from gradscope.specs import TRUNC_STD, NetSpec
+import numpy as np
+import torch
 
-if TYPE_CHECKING:
-    import torch
+from gradscope.engine.layers import (
+    activation_backward,
+    activation_forward,
+    norm_backward,
+    norm_forward,
+)
+from gradscope.options import Arch, NormPosition
+from gradscope.specs import NetSpec
 
 
-def repeat_seed(seed: int, spec: NetSpec, repeat: int) -> int:
-    """The seed of one repeat's generator: a hash of (seed, configuration, repeat index)."""
-    text = f"gradscope-simulate|{seed}|{spec.key()}|{repeat}".encode()
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
+def _unit_var(t: torch.Tensor, wide: bool = False) -> torch.Tensor:
+    """Variance over the batch of each unit (divided by the batch size), averaged over units.
+
+    From sums, as BLAS dot products for one repeat (torch.var over the batch dimension is ~15×
+    slower on a CPU); ``wide`` computes in float64, for float32 values whose squares overflow.
+    """
+
+    if wide:
+        t = t.to(torch.float64)
+    batch, width = t.shape[-2], t.shape[-1]
+    if t.dim() == 2 and t.is_contiguous():
+        flat = t.view(-1)
+        col = t.sum(dim=0)
+        return (torch.dot(flat, flat) - torch.dot(col, col) / batch) / (batch * width)
+    col = t.sum(dim=-2)  # (..., width)
+    total_sq = (t * t).sum(dim=(-2, -1))
+    return (total_sq - (col * col).sum(dim=-1) / batch) / (batch * width)
 
 
 @dataclass
-class RepeatDraw:
-    """One repeat's random numbers.
+class RepeatOutput:
+    """Per layer (layer 1 first): shapes (depth,) for one repeat, (R, depth) for a stack."""
 
-    Shapes: ``weights`` (depth, width, width) with y = x @ W.T, ``x`` (batch, width),
-    ``dy`` (batch, width) the derivative of the loss at the last layer's output.
-    """
-
-    weights: torch.Tensor
-    x: torch.Tensor
-    dy: torch.Tensor
+    grad_norm: torch.Tensor
+    forward_var: torch.Tensor
+    backward_var: torch.Tensor
 
 
-def torch_dtype(dtype: Dtype) -> Any:
-    import torch
-
-    return torch.float32 if dtype is Dtype.float32 else torch.float64
-
-
-def resolve_device(device: Device) -> str:
-    """``auto`` is CUDA when present, else CPU; asking for CUDA without one is an error."""
-    import torch
-
-    if device is Device.auto:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device is Device.cuda and not torch.cuda.is_available():
-        raise SpecError("--device cuda was asked for, but PyTorch sees no CUDA device")
-    return device.value
-
-
-def draw_repeat(
+def forward_backward(
     spec: NetSpec,
-    seed: int,
-    repeat: int,
-    dtype: Dtype = Dtype.float32,
-    device: str = "cpu",
-    out: RepeatDraw | None = None,
-) -> RepeatDraw:
-    """Draw one repeat: weights (in draw order, layer 1 first), then input, then derivative.
+    weights: torch.Tensor,
+    x: torch.Tensor,
+    dy: torch.Tensor,
+    act_fn: Callable[[Any], Any] | None = None,
+    act_back: Callable[[Any, Any, Any], Any] | None = None,
+    wide_stats: bool = False,
+) -> RepeatOutput:
+    """Forward and hand-written backward of one repeat, or of R stacked repeats.
 
-    ``out`` reuses preallocated tensors (no allocation per repeat).
+    Args:
+        weights: (depth, width, width) or (R, depth, width, width); layer l computes x @ W_l.T.
+        x: (batch, width) or (R, batch, width), the input.
+        dy: like ``x``, the derivative of the loss at the last layer's output.
+        wide_stats: compute the statistics in float64 (for float32 values whose squares
+            overflow although the values do not).
+
+    Returns:
+        Per layer: the weight gradient's Frobenius norm, the variance of the layer's output and
+        the variance of the derivative at the layer's input (both over the batch, per unit,
+        averaged over units).
     """
-    import torch
 
-    tdt = torch_dtype(dtype)
-    depth, width, batch = spec.depth, spec.width, spec.batch
-    if out is None:
-        out = RepeatDraw(
-            weights=torch.empty(depth, width, width, dtype=tdt, device=device),
-            x=torch.empty(batch, width, dtype=tdt, device=device),
-            dy=torch.empty(batch, width, dtype=tdt, device=device),
-        )
-    gen = torch.Generator(device=device)
-    gen.manual_seed(repeat_seed(seed, spec, repeat))
-    _draw_weights(spec, out.weights, gen)
-    out.x.normal_(0.0, 1.0, generator=gen)
-    out.dy.normal_(0.0, 1.0 / math.sqrt(width), generator=gen)
-    return out
+    act_fn = act_fn or activation_forward(spec.activation)
+    act_back = act_back or activation_backward(spec.activation)
+    if spec.arch is Arch.resnet and spec.norm_position is NormPosition.pre:
+        return _prenorm_forward_backward(spec, weights, x, dy, act_fn, act_back, wide_stats)
+    depth, norm, resnet = spec.depth, spec.norm, spec.arch is Arch.resnet
+    scale = spec.branch_scale
+    stacked = weights.dim() == 4
+    w_of = (lambda i: weights[:, i]) if stacked else (lambda i: weights[i])
+
+    with torch.no_grad():
+        xs = [x]  # x_0 .. x_L
+        saved: list[tuple[Any, Any, Any, Any]] = []  # (h, norm state, u, y) per layer
+        for i in range(depth):
+            w = w_of(i)
+            h = torch.matmul(xs[-1], w.transpose(-1, -2))
+            n, state = norm_forward(norm, h)
+            is_second = resnet and i % 2 == 1
+            u = n
+            if is_second:
+                u = n * scale + xs[-2] if scale != 1.0 else n + xs[-2]
+            y = act_fn(u)
+            saved.append((h, state, u, y))
+            xs.append(y)
+        fvar = torch.stack([_unit_var(t, wide_stats) for t in xs[1:]], dim=-1)
+
+        grads: list[torch.Tensor | None] = [None] * (depth + 1)  # ∂ℓ/∂x_l
+        grads[depth] = dy
+        norms: list[torch.Tensor] = [dy.new_empty(())] * depth
+        bvars: list[torch.Tensor] = [dy.new_empty(())] * depth
+        for i in range(depth - 1, -1, -1):
+            h, state, u, y = saved[i]
+            g_out = grads[i + 1]
+            assert g_out is not None
+            du = act_back(g_out, u, y)
+            is_second = resnet and i % 2 == 1
+            if is_second:
+                grads[i - 1] = du  # the skip (only consumer of x_{i-1} besides layer i)
+                dn = du * scale if scale != 1.0 else du
+            else:
+                dn = du
+            dh = norm_backward(norm, dn, h, state)
+            grad_w = torch.matmul(dh.transpose(-1, -2), xs[i])
+            norms[i] = torch.linalg.vector_norm(
+                grad_w, dim=(-2, -1), dtype=torch.float64 if wide_stats else None
+            )
+            dx = torch.matmul(dh, w_of(i))
+            prev = grads[i]
+            dx = dx if prev is None else dx + prev
+            grads[i] = dx
+            bvars[i] = _unit_var(dx, wide_stats)
+            saved[i] = (None, None, None, None)
+        return RepeatOutput(torch.stack(norms, -1), fvar, torch.stack(bvars, -1))
 
 
-def _draw_weights(spec: NetSpec, w: torch.Tensor, gen: torch.Generator) -> None:
-    import torch
+def _prenorm_forward_backward(
+    spec: NetSpec,
+    weights: torch.Tensor,
+    x: torch.Tensor,
+    dy: torch.Tensor,
+    act_fn: Callable[[Any], Any],
+    act_back: Callable[[Any, Any, Any], Any],
+    wide_stats: bool,
+) -> RepeatOutput:
+    """Pre-norm blocks x_{k+1} = x_k + s·W2·g(norm(W1·g(norm(x_k)))) (pre-activation ResNet).
 
-    init, width = spec.init, spec.width
-    if init in (Init.he, Init.lecun, Init.xavier_normal):
-        w.normal_(0.0, spec.weight_std, generator=gen)
-    elif init is Init.xavier_uniform:
-        limit = spec.gain * math.sqrt(6.0 / (width + width))
-        w.uniform_(-limit, limit, generator=gen)
-    elif init is Init.truncated_normal:
-        # Inverse CDF of N(0,1) on [-2, 2]: one uniform per weight, no rejection loop.
-        lo = 0.5 * math.erfc(2.0 / math.sqrt(2.0))
-        w.uniform_(lo, 1.0 - lo, generator=gen)
-        torch.special.ndtri(w, out=w)
-        w.mul_(spec.weight_std / TRUNC_STD)
-    elif init is Init.orthogonal:
-        # As nn.init.orthogonal_: QR of a Gaussian matrix, signs fixed by diag(R).
-        w.normal_(0.0, 1.0, generator=gen)
-        q, r = torch.linalg.qr(w)
-        q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
-        w.copy_(q).mul_(spec.gain)
-    elif init is Init.identity:
-        w.zero_()
-        w.diagonal(dim1=-2, dim2=-1).fill_(spec.gain)
-    else:  # pragma: no cover - resolve_init removes auto
-        raise SpecError(f"unsupported init {init.value}")
+    Layer 2k+1 (W1) reports the derivative at the block input x_k (the stream, skip included)
+    and the variance of g(norm(W1·…)), the input of W2; layer 2k+2 (W2) the derivative at its
+    input and the variance of x_{k+1}. The net's output is the stream x_{L/2}.
+    """
+
+    norm, scale = spec.norm, spec.branch_scale
+    stacked = weights.dim() == 4
+    w_of = (lambda i: weights[:, i]) if stacked else (lambda i: weights[i])
+    wide = torch.float64 if wide_stats else None
+    blocks = spec.depth // 2
+    with torch.no_grad():
+        stream = x
+        saved = []
+        fvar: list[torch.Tensor] = []
+        for k in range(blocks):
+            w1, w2 = w_of(2 * k), w_of(2 * k + 1)
+            n1, s1 = norm_forward(norm, stream)
+            a1 = act_fn(n1)
+            h1 = torch.matmul(a1, w1.transpose(-1, -2))
+            n2, s2 = norm_forward(norm, h1)
+            a2 = act_fn(n2)
+            h2 = torch.matmul(a2, w2.transpose(-1, -2))
+            new = stream + h2 * scale if scale != 1.0 else stream + h2
+            fvar += [_unit_var(a2, wide_stats), _unit_var(new, wide_stats)]
+            saved.append((stream, s1, n1, a1, h1, s2, n2, a2))
+            stream = new
+        norms: list[torch.Tensor] = [dy.new_empty(())] * spec.depth
+        bvars: list[torch.Tensor] = [dy.new_empty(())] * spec.depth
+        g = dy
+        for k in range(blocks - 1, -1, -1):
+            stream, s1, n1, a1, h1, s2, n2, a2 = saved[k]
+            w1, w2 = w_of(2 * k), w_of(2 * k + 1)
+            dh2 = g * scale if scale != 1.0 else g
+            norms[2 * k + 1] = torch.linalg.vector_norm(
+                torch.matmul(dh2.transpose(-1, -2), a2), dim=(-2, -1), dtype=wide
+            )
+            da2 = torch.matmul(dh2, w2)
+            bvars[2 * k + 1] = _unit_var(da2, wide_stats)
+            dh1 = norm_backward(norm, act_back(da2, n2, a2), h1, s2)
+            norms[2 * k] = torch.linalg.vector_norm(
+                torch.matmul(dh1.transpose(-1, -2), a1), dim=(-2, -1), dtype=wide
+            )
+            da1 = torch.matmul(dh1, w1)
+            g = g + norm_backward(norm, act_back(da1, n1, a1), stream, s1)
+            bvars[2 * k] = _unit_var(g, wide_stats)
+            saved[k] = None  # type: ignore[call-overload]
+        return RepeatOutput(torch.stack(norms, -1), torch.stack(fvar, -1), torch.stack(bvars, -1))
+
+
+def _overflow_layer(out: Any, depth: int) -> int | None:
+    """First layer, in the order computed (forward 1→L, then backward L→1), with inf/NaN."""
+    fv = out.forward_var.cpu().numpy()
+    bad = np.flatnonzero(~np.isfinite(fv))
+    if bad.size:
+        return int(bad[0]) + 1
+    back = ~np.isfinite(out.backward_var.cpu().numpy()) | ~np.isfinite(out.grad_norm.cpu().numpy())
+    bad = np.flatnonzero(back)
+    if bad.size:
+        return int(bad[-1]) + 1
+    return None

@@ -42,23 +42,21 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
 
+from gradscope.engine.draws import draw_repeat, torch_dtype
 from gradscope.engine.layers import activation_forward
-from gradscope.engine.mlp import draw_repeat, resolve_device, torch_dtype
-from gradscope.engine.simulate import default_workers
+from gradscope.engine.runner import ProgressFn, default_workers, resolve_device
 from gradscope.errors import SpecError
 from gradscope.options import Arch, Dtype, Norm, Optimizer, ResidualScale, Task
 from gradscope.schema import Result, TrainRecord, TrainSummary, WeightGrowthRecord
 from gradscope.specs import NORM_EPS, NetSpec, TrainConfig, TrainRequest, check_seed, coerce
 from gradscope.theory.stats import LayerStats, bootstrap_rate_ci, log_linear_rate
-
-if TYPE_CHECKING:
-    import torch
-
-ProgressFn = Callable[[int, int], None]
 
 BN_MOMENTUM = 0.1  # PyTorch's BatchNorm1d default: running_var ← 0.9·running_var + 0.1·var
 CLIP_EPS = 1e-6  # as torch.nn.utils.clip_grad_norm_
@@ -84,8 +82,6 @@ class TrainResult(Result):
     def state_dict_bytes(self) -> bytes:
         """The state dict as ``torch.save`` writes it (readable by inspect-checkpoint)."""
         import io
-
-        import torch
 
         buffer = io.BytesIO()
         torch.save(self.state_dict, buffer)
@@ -145,7 +141,6 @@ def make_task_data(
     Draws are made in float64 on the CPU and then cast, so float32 and float64 runs train on
     the same numbers (rounded).
     """
-    import torch
 
     dtype = coerce(Dtype, dtype, "dtype")
     gen = torch.Generator()
@@ -190,7 +185,6 @@ def build_model(spec: NetSpec, classes: int) -> Any:
     ``simulate``), ``head.weight``, ``head.bias``. A resnet adds the skip every two layers as
     ``simulate`` does: x_{k+2} = g(norm(W x_{k+1}) · branch_scale + x_k).
     """
-    from torch import nn
 
     act = activation_forward(spec.activation)
 
@@ -229,7 +223,6 @@ def build_model(spec: NetSpec, classes: int) -> Any:
 
 
 def _optimizer(config: TrainConfig, params: list[Any]) -> Any:
-    import torch
 
     if config.optimizer is Optimizer.adam:
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -274,8 +267,6 @@ def train_repeat(
     tick: Callable[[int], None] | None = None,
 ) -> tuple[RepeatTrace, Any]:
     """Train one repeat's net; returns its trace and the trained model."""
-    import torch
-    import torch.nn.functional as F
 
     tdt = torch_dtype(dtype)
     model = build_model(spec, config.classes).to(device=device, dtype=tdt)
@@ -539,14 +530,12 @@ def _growth_records(
 
 
 def torch_threads() -> int:
-    import torch
 
     return int(torch.get_num_threads())
 
 
 @contextlib.contextmanager
 def _intra_op_threads(n: int) -> Iterator[None]:
-    import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(n)

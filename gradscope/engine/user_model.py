@@ -27,19 +27,17 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
-from gradscope.engine.mlp import resolve_device
+from gradscope.engine.runner import resolve_device
 from gradscope.errors import GradscopeError, SpecError
 from gradscope.options import Device, Dtype, Reinit
 from gradscope.schema import ModelLayerRecord, ModelSummaryRecord, Result
 from gradscope.specs import ModelRequest, ModelSpec, check_seed
-
-if TYPE_CHECKING:
-    import torch
-    from torch import nn
 
 
 class ModelError(GradscopeError):
@@ -104,7 +102,6 @@ def resolve_factory(target: str) -> Callable[..., Any]:
 
 
 def _torch_version() -> str:
-    import torch
 
     return str(torch.__version__)
 
@@ -140,7 +137,6 @@ def _torchvision_factory(name: str) -> Callable[..., Any]:
 
 def build_model(factory: Callable[..., Any], kwargs: dict[str, Any], label: str) -> nn.Module:
     """Call the factory and check it returned a module."""
-    from torch import nn
 
     try:
         model = factory(**kwargs)
@@ -191,7 +187,6 @@ def residual_paths(
     branch, the other the skip (identity, or a downsampling projection). Returns the labels
     and a note (empty, or why the paths are unknown).
     """
-    import torch
     import torch.fx
 
     try:
@@ -264,7 +259,6 @@ def model_seed(seed: int, spec: ModelSpec, batch: int, repeat: int) -> int:
 @contextmanager
 def _seeded(seed: int) -> Iterator[None]:
     """Seed torch's global RNG (which factories and reset_parameters use) without leaking it."""
-    import torch
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -279,7 +273,6 @@ def _reset_all(model: nn.Module) -> None:
 
 
 def _same_state(a: nn.Module, b: nn.Module) -> bool:
-    import torch
 
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -347,7 +340,6 @@ def _per_sample_variance(t: Any) -> float:
     Computed as mean(x²) − mean over elements of (batch mean)², with float64 accumulation:
     two reductions in the tensor's own dtype instead of a float64 copy of the activation.
     """
-    import torch
 
     if not isinstance(t, torch.Tensor) or t.dim() < 1 or t.shape[0] < 2:
         return math.nan
@@ -404,7 +396,6 @@ class _ModelRunner:
     """One ``--model`` run: fresh parameters per repeat, one forward and backward each."""
 
     def __init__(self, request: ModelRequest, seed: int) -> None:
-        import torch
 
         self.spec, self.batch, self.seed = request.spec, request.batch, seed
         self.repeats = request.repeats
@@ -487,7 +478,6 @@ class _ModelRunner:
 
     def backpropagate(self, repeat: int) -> None:
         """One forward pass on a random input, one backward from a random output derivative."""
-        import torch
 
         spec, device = self.spec, self.device
         self.recorder.attach()
@@ -577,7 +567,6 @@ def _differentiable_output(out: Any, label: str) -> torch.Tensor:
 
 
 def _first_tensor(out: Any, label: str) -> torch.Tensor:
-    import torch
 
     if isinstance(out, torch.Tensor):
         return out

@@ -1,0 +1,453 @@
+"""Running repeats: worker threads or processes, memory estimates, devices and progress.
+
+Each repeat draws from its own generator seeded by (seed, configuration, repeat index), so
+the statistics do not depend on how repeats are spread over workers, chunks or processes.
+Workers run one intra-op thread each: on a CPU, PyTorch's small matmuls do not run
+concurrently from Python threads, and one thread per repeat keeps every bit of the output
+independent of the worker count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+
+from gradscope.activations import ActivationSpec
+from gradscope.engine.draws import RepeatDraw, draw_repeat, torch_dtype
+from gradscope.engine.layers import activation_backward, activation_forward
+from gradscope.engine.mlp import RepeatOutput, _overflow_layer, forward_backward
+from gradscope.errors import ResourceError, SpecError
+from gradscope.options import Backend, Device, Dtype
+from gradscope.specs import NetSpec, SimulateRequest
+from gradscope.theory.stats import LayerStats
+
+# ``progress(done, total)``: what every engine run reports; a tick adds finished work.
+ProgressFn = Callable[[int, int], None]
+Tick = Callable[[int], None]
+# (grad norms, forward vars, backward vars, overflow layer[, pool input var, its derivative's])
+RepeatValues = tuple[Any, ...]
+
+
+def available_memory() -> int:
+    """Bytes of RAM available now (MemAvailable on Linux), or a conservative guess."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def default_max_memory() -> int:
+    """A safe share of the RAM available now: half of it."""
+    return available_memory() // 2
+
+
+def estimate_memory(spec: NetSpec, repeats: int, dtype: Dtype, in_flight: int) -> int:
+    """Bytes the engine needs for one configuration with ``in_flight`` repeats at a time.
+
+    Per repeat in flight: the weights (depth·width²), the forward tensors kept for the backward
+    (about 4 per layer of batch·width) and the backward temporaries (a width² weight gradient
+    and a few batch·width tensors). Plus 8 bytes per layer and repeat of kept norms and
+    1000 bootstrap resamples.
+    """
+    item = 4 if dtype is Dtype.float32 else 8
+    if spec.arch.is_conv:
+        # Weights, and about 5 tensors of batch·C·H·W per layer (forward kept, backward
+        # temporaries, pool indices): measured 192 MiB peak for 16 layers of 64 channels on
+        # 32×32 images, batch 32, pool every 4 (estimate: 230 MiB).
+        ch, pos = spec.channels, spec.spatial
+        weights = sum(9 * ch[i] * ch[i + 1] for i in range(spec.depth))
+        acts = sum(spec.batch * ch[i + 1] * pos[i] for i in range(spec.depth))
+        per_conv = item * (weights + 5 * acts + 2 * spec.batch * ch[0] * pos[0])
+        return in_flight * per_conv + 8 * spec.depth * repeats + 8 * 250 * repeats * 2
+    bw = spec.batch * spec.width
+    per_repeat = item * (
+        spec.depth * spec.width * spec.width + (4 * spec.depth + 8) * bw + 2 * spec.width**2
+    )
+    kept = 8 * spec.depth * repeats
+    bootstrap = 8 * 250 * repeats * 2
+    return in_flight * per_repeat + kept + bootstrap
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def _check_memory(request: SimulateRequest, in_flight: int) -> None:
+    """Refuse, before anything is allocated, a configuration above the memory limit."""
+    limit = default_max_memory() if request.max_memory is None else request.max_memory
+    for spec in request.specs:
+        need = estimate_memory(spec, request.repeats, request.dtype, in_flight)
+        if need > limit:
+            raise ResourceError(
+                f"{spec.arch.value} depth {spec.depth} width {spec.width} batch {spec.batch} "
+                f"needs about {format_bytes(need)}, above {{--max_memory}} {format_bytes(limit)}; "
+                "lower {--depth}/{--width}/{--batch}/{--repeats} or raise {--max_memory}"
+            )
+
+
+def resolve_device(device: Device) -> str:
+    """``auto`` is CUDA when present, else CPU; asking for CUDA without one is an error."""
+
+    if device is Device.auto:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device is Device.cuda and not torch.cuda.is_available():
+        raise SpecError("--device cuda was asked for, but PyTorch sees no CUDA device")
+    return device.value
+
+
+@contextlib.contextmanager
+def _intra_op_threads(n: int) -> Iterator[None]:
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def default_workers(device: str) -> int:
+    """One worker thread per CPU core available to this process (1 on CUDA)."""
+    if device != "cpu":
+        return 1
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+# Below this much arithmetic (≈ 2 s of work on one core) starting worker processes costs more
+# than it saves: threads are used instead.
+PROCESS_MIN_FLOP = 3e11
+
+
+_CHILD_LOCAL = threading.local()
+_CHILD_ACT: dict[ActivationSpec, tuple[Any, Any]] = {}
+
+
+def _child_init() -> None:
+    """Worker process set-up: one intra-op thread; Ctrl-C is the parent's business."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+
+
+def _process_chunk(
+    spec: NetSpec, seed: int, first: int, count: int, dtype: Dtype
+) -> list[RepeatValues]:
+    """Repeats ``first .. first+count-1`` in a worker process."""
+    act = _CHILD_ACT.get(spec.activation)
+    if act is None:
+        act = (activation_forward(spec.activation), activation_backward(spec.activation))
+        _CHILD_ACT[spec.activation] = act
+    return [
+        _run_one(spec, seed, k, dtype, "cpu", _CHILD_LOCAL, act)
+        for k in range(first, first + count)
+    ]
+
+
+def make_process_pool(workers: int) -> Any:
+    """Worker processes forked from this one (the DataLoader pattern: one thread each).
+
+    Fork, not spawn: spawn would re-import the user's ``__main__``.
+    """
+    import multiprocessing
+    import warnings
+    from concurrent.futures import ProcessPoolExecutor
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pool = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_child_init,
+        )
+        # Start the workers now, before any progress-bar thread exists in this process.
+        list(pool.map(int, range(workers)))
+    return pool
+
+
+def _fork_available() -> bool:
+    import multiprocessing
+
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+def _work_flop(spec: NetSpec, repeats: int) -> float:
+    if spec.arch.is_conv:
+        from gradscope.engine.conv import conv_flop
+
+        return repeats * conv_flop(spec)
+    return 6.0 * repeats * spec.depth * spec.batch * spec.width**2
+
+
+def _counter(progress: ProgressFn | None, total: int) -> Tick:
+    """A callback that adds finished repeats and reports ``progress(done, total)``."""
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress(done, total)
+
+    return tick
+
+
+def _use_processes(request: SimulateRequest, device: str, workers: int, chunk: int) -> bool:
+    """Worker processes for long CPU jobs (or when asked for), threads otherwise."""
+    if device != "cpu" or chunk != 1 or workers < 2 or not _fork_available():
+        return False
+    if request.backend is Backend.processes:
+        return True
+    work = sum(_work_flop(spec, request.repeats) for spec in request.specs)
+    return request.backend is Backend.auto and work >= PROCESS_MIN_FLOP
+
+
+def _run_one(
+    spec: NetSpec,
+    seed: int,
+    repeat: int,
+    dtype: Dtype,
+    device: str,
+    local: threading.local,
+    act: tuple[Any, Any],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int | None]:
+
+    if spec.arch.is_conv:
+        return _run_one_conv(spec, seed, repeat, dtype, device, local, act)
+    draw = getattr(local, "draw", None)
+    if (
+        draw is None
+        or draw.weights.shape[0] != spec.depth
+        or draw.x.shape
+        != (
+            spec.batch,
+            spec.width,
+        )
+    ):
+        draw = None
+    draw = draw_repeat(spec, seed, repeat, dtype, device, out=draw)
+    local.draw = draw
+    out = forward_backward(spec, draw.weights, draw.x, draw.dy, *act)
+    layer = _overflow_layer(out, spec.depth)
+    if layer is not None and draw.x.dtype != torch.float64:
+        # Squares overflow float32 long before the values do: recompute the statistics wide.
+        out = forward_backward(spec, draw.weights, draw.x, draw.dy, *act, wide_stats=True)
+        layer = _overflow_layer(out, spec.depth)
+    return (
+        out.grad_norm.double().cpu().numpy(),
+        out.forward_var.double().cpu().numpy(),
+        out.backward_var.double().cpu().numpy(),
+        layer,
+    )
+
+
+def _run_one_conv(
+    spec: NetSpec,
+    seed: int,
+    repeat: int,
+    dtype: Dtype,
+    device: str,
+    local: threading.local,
+    act: tuple[Any, Any],
+) -> RepeatValues:
+
+    from gradscope.engine.conv import conv_forward_backward
+    from gradscope.engine.draws import draw_conv_repeat
+
+    draw = getattr(local, "conv_draw", None)
+    if getattr(local, "conv_spec", None) != (spec.channels, spec.spatial, spec.batch, dtype):
+        draw = None
+    draw = draw_conv_repeat(spec, seed, repeat, dtype, device, out=draw)
+    local.conv_draw = draw
+    local.conv_spec = (spec.channels, spec.spatial, spec.batch, dtype)
+    out = conv_forward_backward(spec, draw.weights, draw.x, draw.dy, *act)
+    layer = _overflow_layer(out, spec.depth)
+    if layer is not None and draw.x.dtype != torch.float64:
+        out = conv_forward_backward(spec, draw.weights, draw.x, draw.dy, *act, wide_stats=True)
+        layer = _overflow_layer(out, spec.depth)
+    return (
+        out.grad_norm.double().cpu().numpy(),
+        out.forward_var.double().cpu().numpy(),
+        out.backward_var.double().cpu().numpy(),
+        layer,
+        out.pool_input_var.double().cpu().numpy(),
+        out.pool_input_backward_var.double().cpu().numpy(),
+    )
+
+
+def _run_stack(
+    spec: NetSpec,
+    seed: int,
+    first: int,
+    count: int,
+    dtype: Dtype,
+    device: str,
+    act: tuple[Any, Any],
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, int | None]]:
+    """``count`` repeats stacked on a leading dimension (batched matmuls; the GPU path).
+
+    Conv nets are not stacked: their repeats run one after the other.
+    """
+
+    if spec.arch.is_conv:
+        local = threading.local()
+        return [_run_one(spec, seed, first + k, dtype, device, local, act) for k in range(count)]
+
+    tdt = torch_dtype(dtype)
+    d, w, b = spec.depth, spec.width, spec.batch
+    weights = torch.empty(count, d, w, w, dtype=tdt, device=device)
+    xs = torch.empty(count, b, w, dtype=tdt, device=device)
+    dys = torch.empty(count, b, w, dtype=tdt, device=device)
+    for k in range(count):
+        draw_repeat(spec, seed, first + k, dtype, device, out=RepeatDraw(weights[k], xs[k], dys[k]))
+    out = forward_backward(spec, weights, xs, dys, *act)
+    if tdt != torch.float64 and not bool(torch.isfinite(out.grad_norm).all()):
+        out = forward_backward(spec, weights, xs, dys, *act, wide_stats=True)
+    gn = out.grad_norm.double().cpu().numpy()
+    fv = out.forward_var.double().cpu().numpy()
+    bv = out.backward_var.double().cpu().numpy()
+    results = []
+    for k in range(count):
+        one = RepeatOutput(out.grad_norm[k], out.forward_var[k], out.backward_var[k])
+        results.append((gn[k], fv[k], bv[k], _overflow_layer(one, d)))
+    return results
+
+
+def _add(stats: LayerStats, res: RepeatValues) -> None:
+    pools = (res[4], res[5]) if len(res) > 4 else (None, None)
+    stats.add(
+        res[0],
+        res[1],
+        res[2],
+        overflow_layer=res[3],
+        pool_input_var=pools[0],
+        pool_input_backward_var=pools[1],
+    )
+
+
+def run_configuration(
+    spec: NetSpec,
+    repeats: int,
+    seed: int,
+    *,
+    dtype: Dtype = Dtype.float32,
+    device: str = "cpu",
+    workers: int | None = None,
+    chunk: int | None = None,
+    backend: Backend = Backend.auto,
+    pool: Any = None,
+    progress: Tick | None = None,
+    stop: threading.Event | None = None,
+) -> LayerStats:
+    """Run ``repeats`` repeats of one configuration and return their merged statistics.
+
+    Repeat k always uses the generator seeded by (seed, spec, k), runs on one intra-op thread,
+    and is added in repeat order, so the result is bit-identical whatever ``workers``,
+    ``backend`` or (on CPU) the process it ran in. When ``stop`` is set (Ctrl-C), the repeats
+    finished so far are returned.
+
+    Args:
+        workers: CPU workers, each running whole repeats on one core (default: one per core).
+        chunk: repeats stacked into batched matmuls (default: 1 on CPU, 64 on CUDA).
+        backend: CPU workers as processes or threads. PyTorch's CPU matmuls do not run
+            concurrently from two Python threads (measured: no speed-up), processes do (1.98×);
+            ``auto`` uses processes for long jobs.
+        pool: a process pool from :func:`make_process_pool` to reuse across configurations.
+        progress: called with the number of repeats just completed.
+    """
+    stats = LayerStats(spec.depth)
+    act = (activation_forward(spec.activation), activation_backward(spec.activation))
+    workers = workers or default_workers(device)
+    chunk = chunk or (1 if device == "cpu" else 64)
+    if spec.arch.is_conv:
+        chunk = 1  # conv repeats are never stacked (one thread each, as on the CPU path)
+    if chunk > 1:
+        done = 0
+        while done < repeats and not (stop and stop.is_set()):
+            n = min(chunk, repeats - done)
+            for res in _run_stack(spec, seed, done, n, dtype, device, act):
+                _add(stats, res)
+            done += n
+            if progress:
+                progress(n)
+        return stats
+    use_processes = (workers > 1 and _fork_available()) and (
+        backend is Backend.processes
+        or (backend is Backend.auto and _work_flop(spec, repeats) >= PROCESS_MIN_FLOP)
+    )
+    local = threading.local()
+    # One intra-op thread per repeat: the per-repeat arithmetic, hence every bit of the output,
+    # is then the same whatever the number of workers.
+    with _intra_op_threads(1):
+        if workers == 1:
+            for k in range(repeats):
+                if stop and stop.is_set():
+                    break
+                _add(stats, _run_one(spec, seed, k, dtype, device, local, act))
+                if progress:
+                    progress(1)
+            return stats
+        owned = None
+        if use_processes and pool is None:
+            pool = owned = make_process_pool(workers)
+        elif not use_processes:
+            pool = owned = ThreadPoolExecutor(max_workers=workers)
+        # Processes get a few repeats per task (less traffic); threads one.
+        step = max(1, min(4, repeats // (4 * workers))) if use_processes else 1
+        try:
+            pending: list[tuple[Any, int]] = []
+            k = 0
+            # A bounded window in flight, collected in repeat order.
+            while k < repeats or pending:
+                while k < repeats and len(pending) < 2 * workers and not (stop and stop.is_set()):
+                    n = min(step, repeats - k)
+                    if use_processes:
+                        fut = pool.submit(_process_chunk, spec, seed, k, n, dtype)
+                    else:
+                        fut = pool.submit(_run_one, spec, seed, k, dtype, device, local, act)
+                    pending.append((fut, n))
+                    k += n
+                if not pending:
+                    break
+                fut, n = pending.pop(0)
+                results = fut.result() if use_processes else [fut.result()]
+                for res in results:
+                    _add(stats, res)
+                if progress:
+                    progress(n)
+                if stop and stop.is_set():
+                    # Finish what is already running; cancel what has not started.
+                    for f, _ in pending:
+                        f.cancel()
+                    for f, m in pending:
+                        if not f.cancelled():
+                            for res in f.result() if use_processes else [f.result()]:
+                                _add(stats, res)
+                            if progress:
+                                progress(m)
+                    break
+        finally:
+            if owned is not None:
+                owned.shutdown(wait=True, cancel_futures=True)
+    return stats
