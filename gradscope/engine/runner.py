@@ -376,78 +376,106 @@ def run_configuration(
         pool: a process pool from :func:`make_process_pool` to reuse across configurations.
         progress: called with the number of repeats just completed.
     """
-    stats = LayerStats(spec.depth)
-    act = (activation_forward(spec.activation), activation_backward(spec.activation))
     workers = workers or default_workers(device)
     chunk = chunk or (1 if device == "cpu" else 64)
     if spec.arch.is_conv:
         chunk = 1  # conv repeats are never stacked (one thread each, as on the CPU path)
+    job = _Job(spec, seed, dtype, device, progress, stop)
     if chunk > 1:
-        done = 0
-        while done < repeats and not (stop and stop.is_set()):
-            n = min(chunk, repeats - done)
-            for res in _run_stack(spec, seed, done, n, dtype, device, act):
-                _add(stats, res)
-            done += n
-            if progress:
-                progress(n)
-        return stats
-    use_processes = (workers > 1 and _fork_available()) and (
-        backend is Backend.processes
-        or (backend is Backend.auto and _work_flop(spec, repeats) >= PROCESS_MIN_FLOP)
-    )
-    local = threading.local()
+        return job.run_stacked(repeats, chunk)
     # One intra-op thread per repeat: the per-repeat arithmetic, hence every bit of the output,
     # is then the same whatever the number of workers.
     with _intra_op_threads(1):
         if workers == 1:
-            for k in range(repeats):
-                if stop and stop.is_set():
-                    break
-                _add(stats, _run_one(spec, seed, k, dtype, device, local, act))
-                if progress:
-                    progress(1)
-            return stats
+            return job.run_serial(repeats)
+        use_processes = _fork_available() and (
+            backend is Backend.processes
+            or (backend is Backend.auto and _work_flop(spec, repeats) >= PROCESS_MIN_FLOP)
+        )
         owned = None
         if use_processes and pool is None:
             pool = owned = make_process_pool(workers)
         elif not use_processes:
             pool = owned = ThreadPoolExecutor(max_workers=workers)
-        # Processes get a few repeats per task (less traffic); threads one.
-        step = max(1, min(4, repeats // (4 * workers))) if use_processes else 1
         try:
-            pending: list[tuple[Any, int]] = []
-            k = 0
-            # A bounded window in flight, collected in repeat order.
-            while k < repeats or pending:
-                while k < repeats and len(pending) < 2 * workers and not (stop and stop.is_set()):
-                    n = min(step, repeats - k)
-                    if use_processes:
-                        fut = pool.submit(_process_chunk, spec, seed, k, n, dtype)
-                    else:
-                        fut = pool.submit(_run_one, spec, seed, k, dtype, device, local, act)
-                    pending.append((fut, n))
-                    k += n
-                if not pending:
-                    break
-                fut, n = pending.pop(0)
-                results = fut.result() if use_processes else [fut.result()]
-                for res in results:
-                    _add(stats, res)
-                if progress:
-                    progress(n)
-                if stop and stop.is_set():
-                    # Finish what is already running; cancel what has not started.
-                    for f, _ in pending:
-                        f.cancel()
-                    for f, m in pending:
-                        if not f.cancelled():
-                            for res in f.result() if use_processes else [f.result()]:
-                                _add(stats, res)
-                            if progress:
-                                progress(m)
-                    break
+            return job.run_pooled(repeats, workers, pool, use_processes)
         finally:
             if owned is not None:
                 owned.shutdown(wait=True, cancel_futures=True)
-    return stats
+
+
+class _Job:
+    """The repeats of one configuration, run serially, stacked or on a pool, merged in order."""
+
+    def __init__(
+        self, spec: NetSpec, seed: int, dtype: Dtype, device: str,
+        progress: Tick | None, stop: threading.Event | None,
+    ) -> None:  # fmt: skip
+        self.spec, self.seed, self.dtype, self.device = spec, seed, dtype, device
+        self.progress, self.stop = progress, stop
+        self.stats = LayerStats(spec.depth)
+        self.act = (activation_forward(spec.activation), activation_backward(spec.activation))
+        self.local = threading.local()
+
+    def stopped(self) -> bool:
+        return bool(self.stop and self.stop.is_set())
+
+    def add(self, results: list[RepeatValues], n: int) -> None:
+        for res in results:
+            _add(self.stats, res)
+        if self.progress:
+            self.progress(n)
+
+    def one(self, k: int) -> RepeatValues:
+        return _run_one(self.spec, self.seed, k, self.dtype, self.device, self.local, self.act)
+
+    def run_stacked(self, repeats: int, chunk: int) -> LayerStats:
+        """``chunk`` repeats at a time on a leading dimension (batched matmuls, for CUDA)."""
+        done = 0
+        while done < repeats and not self.stopped():
+            n = min(chunk, repeats - done)
+            args = (self.spec, self.seed, done, n, self.dtype, self.device, self.act)
+            self.add(list(_run_stack(*args)), n)
+            done += n
+        return self.stats
+
+    def run_serial(self, repeats: int) -> LayerStats:
+        for k in range(repeats):
+            if self.stopped():
+                break
+            self.add([self.one(k)], 1)
+        return self.stats
+
+    def run_pooled(self, repeats: int, workers: int, pool: Any, processes: bool) -> LayerStats:
+        """A bounded window of repeats in flight on ``pool``, collected in repeat order.
+        Processes get a few repeats per task (less traffic); threads one."""
+        step = max(1, min(4, repeats // (4 * workers))) if processes else 1
+
+        def submit(k: int, n: int) -> Any:
+            if processes:
+                return pool.submit(_process_chunk, self.spec, self.seed, k, n, self.dtype)
+            return pool.submit(self.one, k)
+
+        def collect(fut: Any) -> list[RepeatValues]:
+            return fut.result() if processes else [fut.result()]
+
+        pending: list[tuple[Any, int]] = []
+        k = 0
+        while k < repeats or pending:
+            while k < repeats and len(pending) < 2 * workers and not self.stopped():
+                n = min(step, repeats - k)
+                pending.append((submit(k, n), n))
+                k += n
+            if not pending:
+                break
+            fut, n = pending.pop(0)
+            self.add(collect(fut), n)
+            if self.stopped():
+                # Finish what is already running; cancel what has not started.
+                for f, _ in pending:
+                    f.cancel()
+                for f, m in pending:
+                    if not f.cancelled():
+                        self.add(collect(f), m)
+                break
+        return self.stats

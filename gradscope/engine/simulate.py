@@ -19,6 +19,7 @@ workers or the chunk size. The engine returns records and never prints.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 from collections.abc import Callable
@@ -37,7 +38,7 @@ from gradscope.engine.runner import (
     run_configuration,
 )
 from gradscope.options import Backend
-from gradscope.schema import Result, SimulateRecord, SimulateSummary
+from gradscope.schema import NetConfig, Result, SimulateRecord, SimulateSummary
 from gradscope.specs import NetSpec, SimulateRequest, check_seed
 from gradscope.theory.predict import Prediction, predict
 from gradscope.theory.stats import LayerStats, bootstrap_rate_ci, half_rates, log_linear_rate
@@ -82,6 +83,26 @@ def _num(v: float | None) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
+def net_config(spec: NetSpec, repeats: int) -> NetConfig:
+    """The configuration columns of a synthetic net's records."""
+    conv = spec.arch.is_conv
+    return NetConfig(
+        arch=spec.arch.value,
+        residual_scale=spec.residual_scale.value,
+        norm_position=spec.norm_position.value,
+        activation=spec.activation.label,
+        norm=spec.norm.value,
+        init=spec.init.value,
+        gain=float(spec.gain),
+        depth=spec.depth,
+        width=spec.width,
+        image_size=spec.image_size if conv else None,
+        pool_every=spec.pool_every if conv else None,
+        batch=spec.batch,
+        repeats=repeats,
+    )
+
+
 def build_records(
     spec: NetSpec,
     stats: LayerStats,
@@ -91,33 +112,23 @@ def build_records(
     resamples: int = 1000,
 ) -> tuple[list[SimulateRecord], SimulateSummary]:
     """Per-layer records and the configuration's summary from its statistics."""
-    s = stats.summary()
-    n = stats.count
-    config: dict[str, Any] = {
-        "arch": spec.arch.value,
-        "residual_scale": spec.residual_scale.value,
-        "norm_position": spec.norm_position.value,
-        "activation": spec.activation.label,
-        "norm": spec.norm.value,
-        "init": spec.init.value,
-        "gain": float(spec.gain),
-        "depth": spec.depth,
-        "width": spec.width,
-        "image_size": spec.image_size if spec.arch.is_conv else None,
-        "pool_every": spec.pool_every if spec.arch.is_conv else None,
-        "batch": spec.batch,
-        "repeats": n,
-    }
-    anchor = float(s.mean[-1])
-    rel = prediction.relative
-    predicted: list[float | None] = [None] * spec.depth
-    if rel is not None and math.isfinite(anchor):
-        predicted = [anchor * r for r in rel]
-    back_anchor = float(s.backward_var[-1])
-    back_rel = prediction.backward_relative
-    predicted_back: list[float | None] = [None] * spec.depth
-    if back_rel is not None and math.isfinite(back_anchor):
-        predicted_back = [back_anchor * r for r in back_rel]
+    config = dataclasses.asdict(net_config(spec, stats.count))
+    records = _layer_records(spec, stats.summary(), prediction, config, partial)
+    return records, _summary(spec, stats, prediction, config, seed, partial, resamples)
+
+
+def _scaled(anchor: float, relative: Any, depth: int) -> list[float | None]:
+    """Theory's per-layer values, anchored at the measured last layer."""
+    if relative is None or not math.isfinite(anchor):
+        return [None] * depth
+    return [anchor * r for r in relative]
+
+
+def _layer_records(
+    spec: NetSpec, s: Any, prediction: Prediction, config: dict[str, Any], partial: bool
+) -> list[SimulateRecord]:
+    predicted = _scaled(float(s.mean[-1]), prediction.relative, spec.depth)
+    predicted_back = _scaled(float(s.backward_var[-1]), prediction.backward_relative, spec.depth)
     pools = set(spec.pools_after)
     records = []
     for i in range(spec.depth):
@@ -128,6 +139,7 @@ def build_records(
             if p is None or not (math.isfinite(lo) and math.isfinite(hi))
             else (bool(lo <= p <= hi))
         )
+        pooled = i + 1 in pools
         records.append(
             SimulateRecord(
                 **config,
@@ -141,9 +153,9 @@ def build_records(
                 grad_norm_ci_high=_num(hi),
                 forward_var=float(s.forward_var[i]),
                 backward_var=float(s.backward_var[i]),
-                pool_input_var=_num(float(s.pool_input_var[i])) if i + 1 in pools else None,
+                pool_input_var=_num(float(s.pool_input_var[i])) if pooled else None,
                 pool_input_backward_var=(
-                    _num(float(s.pool_input_backward_var[i])) if i + 1 in pools else None
+                    _num(float(s.pool_input_backward_var[i])) if pooled else None
                 ),
                 predicted_grad_norm=p,
                 predicted_backward_var=predicted_back[i],
@@ -151,6 +163,15 @@ def build_records(
                 partial=partial,
             )
         )
+    return records
+
+
+def _summary(
+    spec: NetSpec, stats: LayerStats, prediction: Prediction, config: dict[str, Any],
+    seed: int, partial: bool, resamples: int,
+) -> SimulateSummary:  # fmt: skip
+    """The fitted growth rate (with its bootstrap CI over repeats) against theory's."""
+    s = stats.summary()
     rate, r2 = log_linear_rate(s.mean)
     boot_seed = int.from_bytes(spec.key().encode()[:8].ljust(8, b"\0"), "little") ^ seed
     ci_low, ci_high = bootstrap_rate_ci(stats.norm_matrix(), boot_seed, resamples)
@@ -164,7 +185,7 @@ def build_records(
         deviation = rate / pred_rate - 1.0
         if math.isfinite(ci_low):
             pred_in_ci = bool(ci_low <= pred_rate <= ci_high)
-    summary = SimulateSummary(
+    return SimulateSummary(
         **config,
         fitted_rate=_num(rate),
         fitted_rate_ci_low=_num(ci_low),
@@ -182,7 +203,6 @@ def build_records(
         partial=partial,
         prediction_basis=prediction.basis,
     )
-    return records, summary
 
 
 def _pool_ratios(spec: NetSpec, s: Any, prediction: Prediction) -> dict[str, Any]:
