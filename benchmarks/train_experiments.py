@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from gradscope.checkpoint.reader import inspect_checkpoint
+from gradscope.checkpoint import inspect_checkpoint
 from gradscope.engine.simulate import build_specs
 from gradscope.engine.train import TrainResult, train
 from gradscope.plot.training import plot_training

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradscope.checkpoint.reader import inspect_checkpoint
+from gradscope.checkpoint import inspect_checkpoint
 from gradscope.engine.mlp import NORM_EPS, draw_repeat
 from gradscope.engine.simulate import build_specs
 from gradscope.engine.train import make_config, make_task_data, train
