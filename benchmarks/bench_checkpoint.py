@@ -50,7 +50,8 @@ print(json.dumps({"nbytes": nbytes}))
 
 BASELINE = """
 import sys, torch
-from gradscope.checkpoint.reader import _table_from_object, batchnorm_records, summarize
+from gradscope.checkpoint.batchnorm import batchnorm_records, summarize
+from gradscope.checkpoint.open import _table_from_object
 from gradscope.records import to_csv
 path = sys.argv[1]
 obj = torch.load(path, map_location="cpu", weights_only=True)

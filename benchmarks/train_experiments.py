@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from gradscope.api import train
-from gradscope.checkpoint.reader import inspect_checkpoint
+from gradscope.checkpoint import inspect_checkpoint
 from gradscope.engine.train import TrainResult
 from gradscope.plot.training import plot_training
 from gradscope.records import as_rows, format_csv_value

@@ -30,8 +30,8 @@ _LAZY = {
     "ModelSpec": "gradscope.specs",
     "run_model": "gradscope.engine.user_model",
     "model_records": "gradscope.engine.user_model",
-    "inspect_checkpoint": "gradscope.checkpoint.reader",
-    "CheckpointResult": "gradscope.checkpoint.reader",
+    "inspect_checkpoint": "gradscope.checkpoint.inspect",
+    "CheckpointResult": "gradscope.checkpoint.inspect",
     "plot_records": "gradscope.plot.figure",
     "plot_training": "gradscope.plot.training",
 }

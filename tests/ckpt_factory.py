@@ -1,10 +1,11 @@
-"""Synthetic checkpoints with torchvision's VGG19-BN key layout (shared test helper).
+"""Synthetic checkpoints with torchvision's VGG19-BN key layout, and the CLI helpers the
+checkpoint tests share.
 
 ``vgg19_bn_state_dict(scale=1)`` has VGG19-BN's exact keys and tensor shapes (about 550 MB of
 float32); tests use ``scale=16`` (channel counts divided by 16, small classifier). Running
 variances follow ``sigma_l = GROWTH**(16 - l) * POOL_DROP**(pools before l)`` times a per-layer
 channel pattern with mean exactly 1, so sigma grows toward the input and drops right after
-each of the max-pools.
+each of the max-pools. ``save_every_format`` writes that layout in every format gradscope reads.
 """
 
 from __future__ import annotations
@@ -151,3 +152,43 @@ def save_torchscript(model: nn.Module, path: Path) -> Path:
         warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated in 2.x
         torch.jit.save(torch.jit.script(model), str(path))
     return path
+
+
+FORMATS = ("legacy", "zip", "safetensors", "sharded", "torchscript")
+
+
+def save_every_format(
+    folder: Path, scale: int = 16, seed: int = 0, formats: tuple[str, ...] = FORMATS
+) -> dict[str, Path]:
+    """``vgg19_bn_state_dict(scale, seed)`` saved in each of ``formats`` under ``folder``
+    (the TorchScript archive is of a module holding the same weights)."""
+    sd = vgg19_bn_state_dict(scale, seed)
+    save = {
+        "legacy": lambda: save_legacy(sd, folder / "vgg19_bn-legacy.pth"),
+        "zip": lambda: save_zip(sd, folder / "vgg19_bn.pt"),
+        "safetensors": lambda: save_safetensors(sd, folder / "vgg19_bn.safetensors"),
+        "sharded": lambda: save_sharded_safetensors(sd, folder / "sharded"),
+        "torchscript": lambda: save_torchscript(
+            vgg19_bn_module(scale, seed), folder / "vgg19_bn.torchscript.pt"
+        ),
+    }
+    return {fmt: save[fmt]() for fmt in formats}
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    """``gradscope ARGS`` in this process: exit code, stdout and stderr."""
+    from typer.testing import CliRunner
+
+    from gradscope.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def assert_one_line_error(code: int, out: str, err: str) -> None:
+    """The CLI failed as every user error fails: exit 1, nothing on stdout, one ``Error:``
+    line on stderr and no traceback."""
+    assert code == 1, out + err
+    assert out == ""
+    assert err.startswith("Error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err

@@ -10,31 +10,24 @@ from pathlib import Path
 import pytest
 import torch
 from ckpt_factory import (
+    assert_one_line_error,
+    run_cli,
+    save_every_format,
     save_legacy,
     save_safetensors,
-    save_torchscript,
     save_zip,
-    vgg19_bn_module,
     vgg19_bn_state_dict,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
-from gradscope.checkpoint.reader import inspect_checkpoint
-from gradscope.cli import app
+from gradscope.checkpoint import inspect_checkpoint
 from gradscope.errors import CheckpointError, GradscopeError
-
-runner = CliRunner()
 
 
 def fails(*args: str, contains: str) -> str:
-    result = runner.invoke(app, ["inspect-checkpoint", *args])
-    assert result.exit_code == 1, result.stdout + result.stderr
-    assert result.stdout == ""
-    err = result.stderr
-    assert err.startswith("Error: ") and err.count("\n") == 1, err
-    assert "Traceback" not in err
+    code, out, err = run_cli("inspect-checkpoint", *args)
+    assert_one_line_error(code, out, err)
     assert contains in err, err
     return err
 
@@ -45,14 +38,9 @@ def sd() -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def valid(tmp_path_factory: pytest.TempPathFactory, sd: dict) -> dict[str, bytes]:
-    d = tmp_path_factory.mktemp("valid")
-    paths = {
-        "zip": save_zip(sd, d / "a.pt"),
-        "legacy": save_legacy(sd, d / "b.pth"),
-        "safetensors": save_safetensors(sd, d / "c.safetensors"),
-        "torchscript": save_torchscript(vgg19_bn_module(16, 0), d / "d.pt"),
-    }
+def valid(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    formats = ("zip", "legacy", "safetensors", "torchscript")
+    paths = save_every_format(tmp_path_factory.mktemp("valid"), 16, 0, formats)
     return {k: p.read_bytes() for k, p in paths.items()}
 
 
@@ -125,13 +113,13 @@ def test_bad_variances_are_flags_not_a_crash(tmp_path: Path, sd: dict) -> None:
     var[2] = 1e-9
     bad["features.8.running_var"] = var
     path = save_legacy(bad, tmp_path / "bad.pth")
-    result = runner.invoke(app, ["inspect-checkpoint", str(path), "--format", "json"])
-    assert result.exit_code == 0
-    rows = json.loads(result.stdout)
+    code, out, err = run_cli("inspect-checkpoint", str(path), "--format", "json")
+    assert code == 0
+    rows = json.loads(out)
     assert [r["flags"] for r in rows[:3]] == ["nan", "negative,zero", "tiny"]
     assert rows[0]["sigma"] is None  # NaN is null in JSON
     assert all(r["flags"] == "" for r in rows[3:])
-    assert "suspicious running variances" in result.stderr
+    assert "suspicious running variances" in err
     records = inspect_checkpoint(path).records
     assert math.isnan(records[0].sigma)
     # The summary fits skip the NaN layer instead of failing.

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradscope.api import train
-from gradscope.checkpoint.reader import inspect_checkpoint
+from gradscope.checkpoint import inspect_checkpoint
 from gradscope.engine.draws import draw_repeat
 from gradscope.engine.layers import activation_forward
 from gradscope.engine.train import make_task_data

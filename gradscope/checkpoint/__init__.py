@@ -1,0 +1,31 @@
+"""BatchNorm statistics from checkpoints of every format, read safely and lazily.
+
+The paper's Appendix A reads a trained plain network's BatchNorm layers: σ = sqrt(mean of
+``running_var``) per layer, against the layer index, grows from deep to shallow layers and
+drops right after each max-pool. :func:`inspect_checkpoint` does that for any checkpoint.
+
+- :mod:`~gradscope.checkpoint.open`: sniff the format and read it without running code from
+  the file (restricted unpickler, zip records, legacy torch.save, safetensors, TorchScript).
+- :mod:`~gradscope.checkpoint.table`: the tensors of one checkpoint (read on demand) and norms.
+- :mod:`~gradscope.checkpoint.batchnorm`: BatchNorm layers, their rows and the growth fits.
+- :mod:`~gradscope.checkpoint.inspect`: :func:`inspect_checkpoint`, the public entry.
+"""
+
+from gradscope.checkpoint.batchnorm import batchnorm_records, summarize, weight_records
+from gradscope.checkpoint.inspect import CheckpointResult, inspect_checkpoint
+from gradscope.checkpoint.open import open_checkpoint, resolve_model_name
+from gradscope.checkpoint.table import TensorEntry, TensorTable, entry_norm, frobenius_norm
+
+__all__ = [
+    "CheckpointResult",
+    "TensorEntry",
+    "TensorTable",
+    "batchnorm_records",
+    "entry_norm",
+    "frobenius_norm",
+    "inspect_checkpoint",
+    "open_checkpoint",
+    "resolve_model_name",
+    "summarize",
+    "weight_records",
+]

@@ -88,7 +88,7 @@ def inspect_checkpoint_command(
     if output is not None:
         check_output_path(output)
 
-    from gradscope.checkpoint.reader import inspect_checkpoint
+    from gradscope.checkpoint import inspect_checkpoint
 
     result = inspect_checkpoint(sources, key=key, trust_pickle=trust_pickle, weights=weights)
     for message in result.notes:
