@@ -267,105 +267,127 @@ def train_repeat(
     tick: Callable[[int], None] | None = None,
 ) -> tuple[RepeatTrace, Any]:
     """Train one repeat's net; returns its trace and the trained model."""
-
-    tdt = torch_dtype(dtype)
-    model = build_model(spec, config.classes).to(device=device, dtype=tdt)
-    weights = [block.fc.weight for block in model.blocks]
-    norms = [block.bn for block in model.blocks] if spec.norm is Norm.batchnorm else []
-    data = make_task_data(config, spec.width, spec.batch, seed, repeat, dtype, device)
-    with torch.no_grad():
-        draw = draw_repeat(spec, seed, repeat, dtype, device)
-        for i, w in enumerate(weights):
-            w.copy_(draw.weights[i])
-        model.head.weight.copy_(data.head_weight)
-        model.head.bias.copy_(data.head_bias)
-    del draw
-    model.train()
-    params = list(model.parameters())
-    head_params = [model.head.weight, model.head.bias]
-    opt = _optimizer(config, params)
-
-    classify = config.task is not Task.teacher
-    loss_fn = F.cross_entropy if classify else F.mse_loss
-    recorded = config.record_steps()
-    slot = dict(zip(recorded, range(len(recorded)), strict=True))
-    n_rec, depth, batch = len(recorded), spec.depth, spec.batch
-    buf = torch.full((n_rec, N_LAYER_STATS, depth), math.nan, dtype=tdt, device=device)
-    loss_buf = torch.full((n_rec,), math.nan, dtype=tdt, device=device)
-    acc_buf = torch.full((n_rec,), math.nan, dtype=tdt, device=device)
-
-    f64 = torch.float64
-    with torch.no_grad():
-        start_sq = torch.stack(torch._foreach_norm(weights)).to(f64).square()
-    basis = config.growth_basis(spec)
-    predicted = start_sq.clone() if basis is not None else None
-    decay2 = (1.0 - config.lr * config.weight_decay) ** 2
-    lr2 = config.lr**2
-    clip = config.clip_grad_norm
-
+    trainer = _Trainer(spec, config, seed, repeat, dtype, device)
     for t in range(config.steps):
+        trainer.step(t)
+        if tick is not None and (t % PROGRESS_EVERY == PROGRESS_EVERY - 1 or t == config.steps - 1):
+            tick(t % PROGRESS_EVERY + 1)
+    return trainer.trace(), trainer.model
+
+
+class _Trainer:
+    """One repeat's net, its task and optimiser, and the statistics of its recorded steps."""
+
+    def __init__(
+        self, spec: NetSpec, config: TrainConfig, seed: int, repeat: int, dtype: Dtype,
+        device: str,
+    ) -> None:  # fmt: skip
+        self.config, self.batch = config, spec.batch
+        self.tdt = tdt = torch_dtype(dtype)
+        self.model = model = build_model(spec, config.classes).to(device=device, dtype=tdt)
+        self.weights = [block.fc.weight for block in model.blocks]
+        self.norms = [block.bn for block in model.blocks] if spec.norm is Norm.batchnorm else []
+        self.data = make_task_data(config, spec.width, spec.batch, seed, repeat, dtype, device)
+        with torch.no_grad():
+            draw = draw_repeat(spec, seed, repeat, dtype, device)
+            for i, w in enumerate(self.weights):
+                w.copy_(draw.weights[i])
+            model.head.weight.copy_(self.data.head_weight)
+            model.head.bias.copy_(self.data.head_bias)
+        del draw
+        model.train()
+        self.params = list(model.parameters())
+        self.head_params = [model.head.weight, model.head.bias]
+        self.opt = _optimizer(config, self.params)
+        self.classify = config.task is not Task.teacher
+        self.loss_fn = F.cross_entropy if self.classify else F.mse_loss
+        recorded = config.record_steps()
+        self.slot = dict(zip(recorded, range(len(recorded)), strict=True))
+        n_rec, self.depth = len(recorded), spec.depth
+        self.buf = torch.full(
+            (n_rec, N_LAYER_STATS, spec.depth), math.nan, dtype=tdt, device=device
+        )
+        self.loss_buf = torch.full((n_rec,), math.nan, dtype=tdt, device=device)
+        self.acc_buf = torch.full((n_rec,), math.nan, dtype=tdt, device=device)
+        with torch.no_grad():
+            self.start_sq = (
+                torch.stack(torch._foreach_norm(self.weights)).to(torch.float64).square()
+            )
+        # The exact ‖W‖² recursion, where it holds (plain SGD, weight followed by a norm).
+        self.predicted = self.start_sq.clone() if config.growth_basis(spec) is not None else None
+        self.decay2 = (1.0 - config.lr * config.weight_decay) ** 2
+        self.lr2 = config.lr**2
+
+    def step(self, t: int) -> None:
+        data, batch = self.data, self.batch
         idx = data.order[t * batch : (t + 1) * batch]
         xb, yb = data.x[idx], data.y[idx]
-        out = model(xb)
-        loss = loss_fn(out, yb)
-        opt.zero_grad(set_to_none=True)
+        out = self.model(xb)
+        loss = self.loss_fn(out, yb)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        k = slot.get(t)
+        k = self.slot.get(t)
         with torch.no_grad():
-            gsq = None
-            coef = None
-            if predicted is not None or clip is not None or k is not None:
-                grads = [w.grad for w in weights]
-                gsq = torch.stack(torch._foreach_norm(grads)).square()  # (depth,)
-            if clip is not None:
-                assert gsq is not None
-                hsq = torch.stack(torch._foreach_norm([p.grad for p in head_params])).square()
-                total = (gsq.sum() + hsq.sum()).sqrt()
-                coef = torch.clamp(clip / (total + CLIP_EPS), max=1.0)
-                torch._foreach_mul_([p.grad for p in params], coef)
-            if predicted is not None:
-                assert gsq is not None
-                if decay2 != 1.0:
-                    predicted.mul_(decay2)
-                if coef is None:
-                    predicted.add_(gsq, alpha=lr2)
-                else:
-                    predicted.add_(gsq * coef.square(), alpha=lr2)
-            if k is not None:
-                assert gsq is not None
-                before = torch._foreach_mul(weights, 1.0)  # copies of W_t
-                gnorm = gsq.sqrt()
-                wnorm = torch.stack(torch._foreach_norm(before))
-                sigma = (
-                    torch.stack([bn.running_var for bn in norms]).mean(dim=1).sqrt()
-                    if norms
-                    else torch.full_like(gnorm, math.nan)
-                )
-                buf[k] = torch.stack([gnorm, wnorm, sigma, gnorm, wnorm / gnorm])
-                loss_buf[k] = loss.detach()
-                if classify:
-                    acc_buf[k] = (out.detach().argmax(dim=1) == yb).to(tdt).mean()
-        opt.step()
+            before, wnorm = self.after_backward(k, out, yb, loss)
+        self.opt.step()
         if k is not None:
             with torch.no_grad():
                 # the update size overwrites the placeholder in row 3
-                torch._foreach_sub_(before, weights)  # W_t − W_{t+1}
-                buf[k, 3] = torch.stack(torch._foreach_norm(before)) / wnorm
-        if tick is not None and (t % PROGRESS_EVERY == PROGRESS_EVERY - 1 or t == config.steps - 1):
-            tick(t % PROGRESS_EVERY + 1)
+                torch._foreach_sub_(before, self.weights)  # W_t − W_{t+1}
+                self.buf[k, 3] = torch.stack(torch._foreach_norm(before)) / wnorm
 
-    with torch.no_grad():
-        end_sq = torch.stack(torch._foreach_norm(weights)).to(f64).square()
-    nan = np.full(depth, math.nan)
-    trace = RepeatTrace(
-        layers=buf.double().cpu().numpy(),
-        loss=loss_buf.double().cpu().numpy(),
-        accuracy=acc_buf.double().cpu().numpy(),
-        start_sq=start_sq.cpu().numpy(),
-        end_sq=end_sq.cpu().numpy(),
-        predicted_sq=predicted.cpu().numpy() if predicted is not None else nan,
-    )
-    return trace, model
+    def after_backward(self, k: int | None, out: Any, yb: Any, loss: Any) -> tuple[Any, Any]:
+        """Clip, advance the predicted ‖W‖², and record step ``k`` (if recorded)."""
+        clip = self.config.clip_grad_norm
+        gsq = coef = None
+        if self.predicted is not None or clip is not None or k is not None:
+            grads = [w.grad for w in self.weights]
+            gsq = torch.stack(torch._foreach_norm(grads)).square()  # (depth,)
+        if clip is not None:
+            assert gsq is not None
+            hsq = torch.stack(torch._foreach_norm([p.grad for p in self.head_params])).square()
+            total = (gsq.sum() + hsq.sum()).sqrt()
+            coef = torch.clamp(clip / (total + CLIP_EPS), max=1.0)
+            torch._foreach_mul_([p.grad for p in self.params], coef)
+        if self.predicted is not None:
+            assert gsq is not None
+            if self.decay2 != 1.0:
+                self.predicted.mul_(self.decay2)
+            if coef is None:
+                self.predicted.add_(gsq, alpha=self.lr2)
+            else:
+                self.predicted.add_(gsq * coef.square(), alpha=self.lr2)
+        if k is None:
+            return None, None
+        assert gsq is not None
+        before = torch._foreach_mul(self.weights, 1.0)  # copies of W_t
+        gnorm = gsq.sqrt()
+        wnorm = torch.stack(torch._foreach_norm(before))
+        sigma = (
+            torch.stack([bn.running_var for bn in self.norms]).mean(dim=1).sqrt()
+            if self.norms
+            else torch.full_like(gnorm, math.nan)
+        )
+        self.buf[k] = torch.stack([gnorm, wnorm, sigma, gnorm, wnorm / gnorm])
+        self.loss_buf[k] = loss.detach()
+        if self.classify:
+            self.acc_buf[k] = (out.detach().argmax(dim=1) == yb).to(self.tdt).mean()
+        return before, wnorm
+
+    def trace(self) -> RepeatTrace:
+        with torch.no_grad():
+            end_sq = torch.stack(torch._foreach_norm(self.weights)).to(torch.float64).square()
+        predicted = self.predicted
+        return RepeatTrace(
+            layers=self.buf.double().cpu().numpy(),
+            loss=self.loss_buf.double().cpu().numpy(),
+            accuracy=self.acc_buf.double().cpu().numpy(),
+            start_sq=self.start_sq.cpu().numpy(),
+            end_sq=end_sq.cpu().numpy(),
+            predicted_sq=(
+                predicted.cpu().numpy() if predicted is not None else np.full(self.depth, math.nan)
+            ),
+        )
 
 
 # --------------------------------------------------------------------------------------------
