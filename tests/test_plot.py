@@ -22,17 +22,12 @@ from matplotlib.image import imread
 from typer.testing import CliRunner
 
 from gradscope.cli import app
-from gradscope.errors import OutputError, RecordsError, SpecError
-from gradscope.plot.figure import (
-    PlotWarning,
-    RecordKind,
-    build_spec,
-    detect_kind,
-    figure_bytes,
-    figure_format,
-    plot_records,
-)
+from gradscope.errors import OutputError, PlotWarning, RecordsError, SpecError
+from gradscope.options import RecordKind
+from gradscope.plot.figure import plot_records
+from gradscope.plot.spec import build_spec, detect_kind
 from gradscope.plot.terminal import render_preview
+from gradscope.plot.write import figure_bytes, figure_format
 from gradscope.records import read_records
 
 RATE = 1.2111738962363166  # sqrt(r(ReLU)), the norm growth per layer behind BatchNorm
