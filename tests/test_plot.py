@@ -532,6 +532,25 @@ def test_plot_imports_neither_torch_nor_pyplot(tmp_path: Path) -> None:
     assert (tmp_path / "f.png").exists()
 
 
+def test_help_and_terminal_preview_load_no_matplotlib(tmp_path: Path) -> None:
+    """matplotlib loads only when a figure is drawn: not for --help, nor for a preview."""
+    source = write_csv(tmp_path / "in.csv", layer_rows())
+    code = (
+        "import sys\n"
+        "from gradscope.cli import app\n"
+        f"for args in (['plot', '--help'], ['plot', {str(source)!r}, '--terminal']):\n"
+        "    try:\n        app(args)\n"
+        "    except SystemExit as exc:\n        assert exc.code in (0, None), exc.code\n"
+        "assert 'matplotlib' not in sys.modules, 'matplotlib was imported'\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
 def test_training_rows_become_a_heatmap(tmp_path: Path) -> None:
     from matplotlib.collections import QuadMesh
 
