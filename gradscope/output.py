@@ -14,7 +14,7 @@ from typing import IO, Any
 
 from gradscope.errors import OutputError
 from gradscope.options import Format
-from gradscope.records import as_rows, to_csv, to_json
+from gradscope.records import Row, as_rows, to_csv, to_json
 
 SUFFIX_FORMATS = {".csv": Format.csv, ".json": Format.json, ".txt": Format.table}
 
@@ -68,9 +68,7 @@ def render_table(records: Iterable[Any], title: str | None = None, width: int | 
     columns, rows = as_rows(records)
     table = Table(title=title, show_lines=False, header_style="bold")
     for col in columns:
-        numeric = any(
-            isinstance(r.get(col), (int, float)) and not isinstance(r.get(col), bool) for r in rows
-        )
+        numeric = _is_numeric_column(rows, col)
         table.add_column(col, justify="right" if numeric else "left", overflow="fold")
     for row in rows:
         table.add_row(*[format_cell(row.get(c)) for c in columns])
@@ -82,6 +80,13 @@ def render_table(records: Iterable[Any], title: str | None = None, width: int | 
     return capture.get()
 
 
+def _is_numeric_column(rows: Sequence[Row], col: str) -> bool:
+    """True when some row holds a number (not a yes/no flag) in ``col``: it is right-aligned."""
+    return any(
+        isinstance(r.get(col), (int, float)) and not isinstance(r.get(col), bool) for r in rows
+    )
+
+
 def render(records: Sequence[Any], fmt: Format, title: str | None = None) -> str:
     if fmt is Format.csv:
         return to_csv(records)
@@ -91,8 +96,13 @@ def render(records: Sequence[Any], fmt: Format, title: str | None = None) -> str
 
 
 # Numeric columns that name a row rather than measure it: repeated in every part of a split
-# screen table so that rows can be matched across the parts.
-_ROW_NAMES = {"layer", "index", "step", "depth", "width", "batch", "from_index", "to_index"}
+# screen table so that rows can be matched across the parts. Each is a configuration or
+# descriptor column of the schema (tests/test_output.py checks), but not every such column is
+# here: a sweep value such as input_std or gain is data to read, not a row's name.
+ROW_NAMES = frozenset(
+    {"layer", "index", "step", "depth", "width", "batch", "from_index", "to_index"}
+)
+MAX_KEY_COLUMNS = 4  # at most this many leading columns are repeated in each part
 
 
 def _display_tables(
@@ -103,73 +113,25 @@ def _display_tables(
     Columns with the same value in every row say nothing row by row: they move to a line
     printed under the tables (``arch=plain, depth=20, ...``, returned second), and columns
     empty in every row are left out. A single record is shown as a two-column field/value
-    table. Columns that do not fit across go to a further table below, which repeats the first
-    column so rows can still be told apart; headers may fold, numbers are never broken.
+    table. Columns that do not fit across go to a further table below, which repeats the leading
+    columns that name a row so rows can still be told apart; headers may fold, numbers are never
+    broken.
     ``--format csv`` or ``json`` keeps every column.
     """
-    from rich.table import Table
-
     columns, rows = as_rows(records)
     cells = [{c: format_cell(r.get(c)) for c in columns} for r in rows]
     if not rows or not columns:
-        table = Table(title=title, header_style="bold")
-        for col in columns:
-            table.add_column(col)
-        return [table], "(no records)"
+        return [_new_table(title, columns)], "(no records)"
     if len(rows) == 1:
-        table = Table(title=title, header_style="bold")
-        table.add_column("field", style="bold")
-        table.add_column("value", overflow="fold")
-        for col in columns:
-            if cells[0][col] != "—":
-                table.add_row(col, cells[0][col])
-        return [table], None
-    empty = {c for c in columns if all(cell[c] == "—" for cell in cells)}
-    constant = [c for c in columns if c not in empty and len({cell[c] for cell in cells}) == 1]
-    shown = [c for c in columns if c not in empty and c not in constant]
-    if not shown:  # identical rows: show them whole
-        shown, constant = [c for c in columns if c not in empty], []
-    if not shown:  # every column empty in every row
-        shown = list(columns)
+        return [_field_table(title, columns, cells[0])], None
+    shown, constant = _shown_and_constant(columns, cells)
     caption = ", ".join(f"{c}={cells[0][c]}" for c in constant) or None
-
-    def cell_width(col: str) -> int:
-        longest = max(len(cell[col]) for cell in cells)
-        return max(longest, min(len(col), 10))
-
-    # Pack columns into tables that fit across; each table after the first repeats the key:
-    # the leading columns that name a row (text, or a layer/index/step number).
-    numeric = {
-        col: any(
-            isinstance(r.get(col), (int, float)) and not isinstance(r.get(col), bool) for r in rows
-        )
-        for col in shown
-    }
-
-    def names_rows(col: str) -> bool:  # text (a yes/no column counts as data) or a layer number
-        flags = any(isinstance(r.get(col), bool) for r in rows)
-        return not (numeric[col] or flags) or col in _ROW_NAMES
-
-    keys: list[str] = []
-    for col in shown:
-        if not names_rows(col) or len(keys) == 4:
-            break
-        keys.append(col)
-    keys = keys or shown[:1]
-    rest = [c for c in shown if c not in keys]
-    key_width = 1 + sum(cell_width(k) + 3 for k in keys)
-    chunks: list[list[str]] = [list(keys)]
-    used = key_width
-    for col in rest:
-        need = cell_width(col) + 3
-        if used + need > width and len(chunks[-1]) > len(keys):
-            chunks.append(list(keys))
-            used = key_width
-        chunks[-1].append(col)
-        used += need
+    numeric = {col: _is_numeric_column(rows, col) for col in shown}
+    keys = _key_columns(shown, rows, numeric)
+    widths = {col: max(max(len(cell[col]) for cell in cells), min(len(col), 10)) for col in shown}
     tables = []
-    for i, chunk in enumerate(chunks):
-        table = Table(title=title if i == 0 else None, header_style="bold")
+    for i, chunk in enumerate(_pack(shown, keys, widths, width)):
+        table = _new_table(title if i == 0 else None)
         for col in chunk:
             table.add_column(
                 col,
@@ -181,6 +143,75 @@ def _display_tables(
             table.add_row(*[cell[c] for c in chunk])
         tables.append(table)
     return tables, caption
+
+
+def _new_table(title: str | None, columns: Sequence[str] = ()) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, header_style="bold")
+    for col in columns:
+        table.add_column(col)
+    return table
+
+
+def _field_table(title: str | None, columns: Sequence[str], cells: dict[str, str]) -> Any:
+    """One record as a field/value table, leaving out empty fields."""
+    table = _new_table(title)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for col in columns:
+        if cells[col] != "—":
+            table.add_row(col, cells[col])
+    return table
+
+
+def _shown_and_constant(
+    columns: Sequence[str], cells: Sequence[dict[str, str]]
+) -> tuple[list[str], list[str]]:
+    """The columns to show in the table, and those with one value in every row (the caption);
+    columns empty in every row are in neither, unless every column is."""
+    empty = {c for c in columns if all(cell[c] == "—" for cell in cells)}
+    constant = [c for c in columns if c not in empty and len({cell[c] for cell in cells}) == 1]
+    shown = [c for c in columns if c not in empty and c not in constant]
+    if not shown:  # identical rows: show them whole
+        shown, constant = [c for c in columns if c not in empty], []
+    if not shown:  # every column empty in every row
+        shown = list(columns)
+    return shown, constant
+
+
+def _key_columns(shown: Sequence[str], rows: Sequence[Row], numeric: dict[str, bool]) -> list[str]:
+    """The leading columns that name a row (text, or a layer/index/step number), repeated in
+    every part of a split table; the first column when none does."""
+
+    def names_rows(col: str) -> bool:  # text (a yes/no column counts as data) or a layer number
+        flags = any(isinstance(r.get(col), bool) for r in rows)
+        return not (numeric[col] or flags) or col in ROW_NAMES
+
+    keys: list[str] = []
+    for col in shown:
+        if not names_rows(col) or len(keys) == MAX_KEY_COLUMNS:
+            break
+        keys.append(col)
+    return keys or list(shown[:1])
+
+
+def _pack(
+    shown: Sequence[str], keys: Sequence[str], widths: dict[str, int], width: int
+) -> list[list[str]]:
+    """Columns packed into tables that fit ``width`` across; each part starts with the keys."""
+    rest = [c for c in shown if c not in keys]
+    key_width = 1 + sum(widths[k] + 3 for k in keys)
+    chunks: list[list[str]] = [list(keys)]
+    used = key_width
+    for col in rest:
+        need = widths[col] + 3
+        if used + need > width and len(chunks[-1]) > len(keys):
+            chunks.append(list(keys))
+            used = key_width
+        chunks[-1].append(col)
+        used += need
+    return chunks
 
 
 def print_table(

@@ -7,8 +7,10 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -185,3 +187,67 @@ def test_split_screen_table_repeats_the_columns_that_name_a_row() -> None:
     parts = _printed(rows).split("┏")[1:]
     assert len(parts) >= 2
     assert all("activation" in part and "layer" in part for part in parts)
+
+
+def test_row_names_are_configuration_or_descriptor_columns_of_the_schema() -> None:
+    from gradscope.output import ROW_NAMES
+    from gradscope.schema import RECORD_TYPES, Role, roles
+
+    named = {
+        column: role
+        for record_type in RECORD_TYPES
+        for column, role in roles(record_type).items()
+        if column in ROW_NAMES
+    }
+    assert set(named) == ROW_NAMES
+    assert Role.measurement not in named.values()
+
+
+# --- golden screen tables ------------------------------------------------------------------
+# What `-f table` prints, in a pipe (every column, one wide table) and on terminals 80 and 200
+# columns wide (constant columns under the table, wide tables split with their key columns).
+# Rewrite after a deliberate change: python -m pytest tests/test_output.py --update-golden
+
+TABLE_COMMANDS = {
+    "ratios-default": ["ratios", "-f", "table"],
+    "ratios-relu-tanh-stds": ["ratios", "relu", "tanh", "--input-std", "0.5,1,2", "-f", "table"],
+    "simulate": ["simulate", "--depth", "6", "--repeats", "16", "--seed", "0", "-f", "table"],
+    "simulate-summary": [
+        "simulate",
+        "--depth",
+        "6",
+        "--repeats",
+        "16",
+        "--seed",
+        "0",
+        "--summary",
+        "-f",
+        "table",
+    ],  # fmt: skip
+    "checkpoint": ["inspect-checkpoint", "vgg.pth", "-f", "table"],
+    "checkpoint-summary": ["inspect-checkpoint", "vgg.pth", "--summary", "-f", "table"],
+}
+
+
+@pytest.fixture(scope="module")
+def vgg_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with vgg.pth: a synthetic VGG19-BN state dict in torch's legacy format."""
+    from ckpt_factory import save_legacy, vgg19_bn_state_dict
+
+    folder = tmp_path_factory.mktemp("golden-ckpt")
+    save_legacy(vgg19_bn_state_dict(), folder / "vgg.pth")
+    return folder
+
+
+@pytest.mark.parametrize("width", [None, 80, 200], ids=["pipe", "80", "200"])
+@pytest.mark.parametrize("name", list(TABLE_COMMANDS))
+def test_screen_tables_match_golden_files(
+    name: str,
+    width: int | None,
+    golden_cli: Callable[..., Any],
+    vgg_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(vgg_dir)
+    variant = "pipe" if width is None else width
+    golden_cli(f"tables/{name}.{variant}.txt", TABLE_COMMANDS[name], terminal_width=width)

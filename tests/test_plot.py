@@ -12,27 +12,22 @@ import json
 import math
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from matplotlib.collections import LineCollection, PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.image import imread
-from typer.testing import CliRunner
 
-from gradscope.cli import app
-from gradscope.errors import OutputError, RecordsError, SpecError
-from gradscope.plot.figure import (
-    PlotWarning,
-    RecordKind,
-    build_spec,
-    detect_kind,
-    figure_bytes,
-    figure_format,
-    plot_records,
-)
+from gradscope.errors import OutputError, PlotWarning, RecordsError, SpecError
+from gradscope.options import RecordKind
+from gradscope.plot.figure import plot_records
+from gradscope.plot.spec import build_spec, detect_kind
 from gradscope.plot.terminal import render_preview
+from gradscope.plot.write import figure_bytes, figure_format
 from gradscope.records import read_records
 
 RATE = 1.2111738962363166  # sqrt(r(ReLU)), the norm growth per layer behind BatchNorm
@@ -145,9 +140,6 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
                 }
             )
     return path
-
-
-runner = CliRunner()
 
 
 # --- recognising the records ----------------------------------------------------------------
@@ -379,67 +371,101 @@ def test_terminal_preview_of_bars_orders_lengths_by_value() -> None:
     assert lines["relu"] > lines["tanh"] > 0
 
 
+PREVIEW_SOURCES = ("simulate", "two-archs", "ratios")
+
+
+@pytest.mark.parametrize("width", [80, 200])
+@pytest.mark.parametrize("source", PREVIEW_SOURCES)
+def test_terminal_preview_matches_golden_files(
+    source: str,
+    width: int,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cli: Callable[..., Any],
+    golden_cli: Callable[..., Any],
+) -> None:
+    """``plot FILE --terminal`` as a terminal of ``width`` columns shows it (previews are at
+    most 100 columns wide). Rewrite: python -m pytest tests/test_plot.py --update-golden"""
+    monkeypatch.chdir(tmp_path)
+    if source == "simulate":
+        made = cli(["simulate", "--depth", "6", "--repeats", "16", "--seed", "0", "-o", "s.csv"])
+        assert made.exit_code == 0, made.output
+    else:
+        write_csv(tmp_path / "s.csv", layer_rows() if source == "two-archs" else ratio_rows())
+    golden_cli(
+        f"plot/terminal-{source}.{width}.txt",
+        ["plot", "s.csv", "--terminal"],
+        terminal_width=width,
+        about=f" ({source} records)",
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.csv"]  # no figure file
+
+
 # --- the CLI end to end -------------------------------------------------------------------
 
 
-def test_cli_reads_stdin_and_writes_png(tmp_path: Path) -> None:
+def test_cli_reads_stdin_and_writes_png(tmp_path: Path, cli: Callable[..., Any]) -> None:
     write_csv(tmp_path / "in.csv", layer_rows())
     out = tmp_path / "grads.png"
-    result = runner.invoke(
-        app, ["plot", "-", "-o", str(out)], input=(tmp_path / "in.csv").read_text()
-    )
+    result = cli(["plot", "-", "-o", str(out)], input=(tmp_path / "in.csv").read_text())
     assert result.exit_code == 0, result.output
     assert result.stderr == f"wrote {out}\n"
     assert result.stdout == ""
     assert imread(out).shape[:2] == (675, 1050)
 
 
-def test_cli_reads_json_and_picks_a_default_name(tmp_path: Path, monkeypatch) -> None:
+def test_cli_reads_json_and_picks_a_default_name(
+    tmp_path: Path, monkeypatch, cli: Callable[..., Any]
+) -> None:
     source = tmp_path / "sweep.json"
     source.write_text(json.dumps(sweep_rows()))
     monkeypatch.chdir(tmp_path)
-    result = runner.invoke(app, ["plot", str(source), "--size", "4,3", "--dpi", "40"])
+    result = cli(["plot", str(source), "--size", "4,3", "--dpi", "40"])
     assert result.exit_code == 0, result.output
     assert result.stderr == "wrote sweep.png\n"
     assert imread(tmp_path / "sweep.png").shape[:2] == (120, 160)
 
 
-def test_cli_labels_files_apart_when_nothing_else_differs(tmp_path: Path) -> None:
+def test_cli_labels_files_apart_when_nothing_else_differs(
+    tmp_path: Path, cli: Callable[..., Any]
+) -> None:
     first = write_csv(tmp_path / "run1.csv", layer_rows(("plain",)))
     second = write_csv(tmp_path / "run2.csv", layer_rows(("plain",)))
     out = tmp_path / "both.svg"
-    result = runner.invoke(app, ["plot", str(first), str(second), "-o", str(out)])
+    result = cli(["plot", str(first), str(second), "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert "run1.csv" in out.read_text() and "run2.csv" in out.read_text()
 
 
-def test_cli_terminal_preview_without_output_writes_no_file(tmp_path: Path, monkeypatch) -> None:
+def test_cli_terminal_preview_without_output_writes_no_file(
+    tmp_path: Path, monkeypatch, cli: Callable[..., Any]
+) -> None:
     source = write_csv(tmp_path / "ck.csv", checkpoint_rows())
     monkeypatch.chdir(tmp_path)
-    result = runner.invoke(app, ["plot", str(source), "--terminal", "--reverse-x"])
+    result = cli(["plot", str(source), "--terminal", "--reverse-x"])
     assert result.exit_code == 0, result.output
     assert "BatchNorm σ per layer" in result.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.csv"]
 
 
-def test_cli_overrides_reach_the_figure(tmp_path: Path) -> None:
+def test_cli_overrides_reach_the_figure(tmp_path: Path, cli: Callable[..., Any]) -> None:
     source = write_csv(tmp_path / "layers.csv", layer_rows())
     out = tmp_path / "fig.svg"
     args = ["--y", "backward_var", "--hue", "init", "--no-logy", "--title", "My title"]
     args += ["--style", "ggplot", "--size", "5,3", "--dpi", "72", "-o", str(out)]
-    result = runner.invoke(app, ["plot", str(source), *args])
+    result = cli(["plot", str(source), *args])
     assert result.exit_code == 0, result.output
     svg = out.read_text()
     assert "My title" in svg and "he-resnet" in svg and "backward_var" in svg
     assert 'width="360pt" height="216pt"' in svg
 
 
-def test_cli_warns_about_non_positive_values(tmp_path: Path) -> None:
+def test_cli_warns_about_non_positive_values(tmp_path: Path, cli: Callable[..., Any]) -> None:
     rows = layer_rows(("plain",))
     rows[-1]["grad_norm_mean"] = -1.0
     source = write_csv(tmp_path / "neg.csv", rows)
     out = tmp_path / "neg.png"
-    result = runner.invoke(app, ["plot", str(source), "-o", str(out)])
+    result = cli(["plot", str(source), "-o", str(out)])
     assert result.exit_code == 0
     assert result.stderr.splitlines() == [
         "Warning: 1 of 8 values of grad_norm_mean are not positive and are left out of the "
@@ -463,12 +489,17 @@ def test_cli_warns_about_non_positive_values(tmp_path: Path) -> None:
     ],
 )
 def test_cli_bad_input_is_one_line_without_a_file(
-    tmp_path: Path, monkeypatch, content: str, args: list[str], message: str
+    tmp_path: Path,
+    monkeypatch,
+    content: str,
+    args: list[str],
+    message: str,
+    cli: Callable[..., Any],
 ) -> None:
     source = tmp_path / "in.csv"
     source.write_text(content)
     monkeypatch.chdir(tmp_path)
-    result = runner.invoke(app, ["plot", str(source), *args])
+    result = cli(["plot", str(source), *args])
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: ") and message in result.stderr
     assert len(result.stderr.splitlines()) == 1
@@ -476,10 +507,10 @@ def test_cli_bad_input_is_one_line_without_a_file(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
 
 
-def test_cli_rejects_mixed_record_kinds(tmp_path: Path) -> None:
+def test_cli_rejects_mixed_record_kinds(tmp_path: Path, cli: Callable[..., Any]) -> None:
     first = write_csv(tmp_path / "a.csv", layer_rows())
     second = write_csv(tmp_path / "b.csv", checkpoint_rows())
-    result = runner.invoke(app, ["plot", str(first), str(second)])
+    result = cli(["plot", str(first), str(second)])
     assert result.exit_code == 1
     assert "different kinds of records (checkpoint, layers)" in result.stderr
 
@@ -499,6 +530,25 @@ def test_plot_imports_neither_torch_nor_pyplot(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "f.png").exists()
+
+
+def test_help_and_terminal_preview_load_no_matplotlib(tmp_path: Path) -> None:
+    """matplotlib loads only when a figure is drawn: not for --help, nor for a preview."""
+    source = write_csv(tmp_path / "in.csv", layer_rows())
+    code = (
+        "import sys\n"
+        "from gradscope.cli import app\n"
+        f"for args in (['plot', '--help'], ['plot', {str(source)!r}, '--terminal']):\n"
+        "    try:\n        app(args)\n"
+        "    except SystemExit as exc:\n        assert exc.code in (0, None), exc.code\n"
+        "assert 'matplotlib' not in sys.modules, 'matplotlib was imported'\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
 
 
 def test_training_rows_become_a_heatmap(tmp_path: Path) -> None:
@@ -522,16 +572,24 @@ def test_training_rows_become_a_heatmap(tmp_path: Path) -> None:
     assert (tmp_path / "train.png").stat().st_size > 0
 
 
-def _simulate_csv(*args: str) -> str:
-    result = runner.invoke(app, ["simulate", "--format", "csv", "--seed", "3", *args])
-    assert result.exit_code == 0, result.stderr
-    return result.stdout
+@pytest.fixture
+def simulate_csv(cli: Callable[..., Any]) -> Callable[..., str]:
+    """``simulate_csv(*args)``: the CSV that ``gradscope simulate --seed 3 ARGS`` writes."""
+
+    def run(*args: str) -> str:
+        result = cli(["simulate", "--format", "csv", "--seed", "3", *args])
+        assert result.exit_code == 0, result.stderr
+        return result.stdout
+
+    return run
 
 
-def test_conv_records_from_simulate_plot_one_line_per_arch() -> None:
+def test_conv_records_from_simulate_plot_one_line_per_arch(
+    simulate_csv: Callable[..., str],
+) -> None:
     # Per-layer measurements of conv nets (channels, spatial size, pool variances) change along
     # the layers: they must not be taken for configuration and split the lines.
-    text = _simulate_csv(
+    text = simulate_csv(
         "--arch", "plain-conv,resnet-conv", "--depth", "4", "--width", "4", "--batch", "2",
         "--repeats", "4", "--image-size", "8", "--pool-every", "2",
     )  # fmt: skip
@@ -543,8 +601,8 @@ def test_conv_records_from_simulate_plot_one_line_per_arch() -> None:
     assert [len(line.get_xdata()) for line in solid] == [4, 4]
 
 
-def test_training_summary_plots_rate_against_step() -> None:
-    text = _simulate_csv(
+def test_training_summary_plots_rate_against_step(simulate_csv: Callable[..., str]) -> None:
+    text = simulate_csv(
         "--depth", "4", "--width", "8", "--batch", "16", "--repeats", "2",
         "--train-steps", "6", "--record-every", "2", "--task", "teacher", "--summary",
     )  # fmt: skip

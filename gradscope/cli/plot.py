@@ -86,7 +86,7 @@ def plot_command(
 
       gradscope plot runs.csv --x width --y fitted_rate --terminal
     """
-    from gradscope.plot.figure import build_spec, default_output, detect_kind, figure_format
+    from gradscope.plot.write import default_output, figure_format
 
     rows = _read_all(files)
     figure_size = _parse_size(size) if size is not None else None
@@ -94,25 +94,33 @@ def plot_command(
     if output is not None:
         figure_format(output)
     if terminal:
-        from rich.console import Console
-
-        from gradscope.plot.terminal import render_preview
-
-        with _warnings_on_stderr():
-            spec = build_spec(rows, reverse_x=reverse_x, **options)
-        console = Console()
-        console.print(render_preview(spec, width=min(console.width, 100)))
+        _preview(rows, reverse_x=reverse_x, **options)
         if output is None:
             return
     if output is None:
+        from gradscope.plot.spec import detect_kind
+
         output = default_output(files, kind or detect_kind(rows[0]))
     plot_to_file(
         rows, output, size=figure_size, dpi=dpi, style=style, reverse_x=reverse_x, **options
     )
 
 
+def _preview(rows: list[Row], **options: Any) -> None:
+    """Print the terminal preview of the figure (matplotlib is not loaded for it)."""
+    from rich.console import Console
+
+    from gradscope.plot.spec import build_spec
+    from gradscope.plot.terminal import render_preview
+
+    with _warnings_on_stderr():
+        spec = build_spec(rows, **options)
+    console = Console()
+    console.print(render_preview(spec, width=min(console.width, 100)))
+
+
 def _read_all(files: list[str]) -> list[Row]:
-    from gradscope.plot.figure import detect_kind
+    from gradscope.plot.spec import detect_kind
 
     if files.count("-") > 1:
         raise SpecError("stdin (-) can be read only once; give - at most one time")

@@ -1,8 +1,7 @@
 """Terminal previews of a plot: unicode braille lines, or bars for a bar chart (no torch).
 
-A preview draws the same :class:`~gradscope.plot.figure.PlotSpec` as the figure, so a one-liner
-shows
-the shape of the data without opening a file.
+A preview draws the same :class:`~gradscope.plot.spec.PlotSpec` as the figure, so a one-liner
+shows the shape of the data without opening a file. Neither matplotlib nor torch is imported.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ import numpy as np
 from rich.console import Group
 from rich.text import Text
 
-from gradscope.plot.figure import PlotSpec
+from gradscope.plot.spec import PlotSpec
 
 PALETTE = ("cyan", "magenta", "yellow", "green", "red", "blue", "bright_white")
 BRAILLE_BASE = 0x2800

@@ -2,43 +2,33 @@
 gradient norm per configuration, and BatchNorm σ against layer at the last recorded step.
 
 Consumes records only (dataclasses, dicts, or rows read from CSV/JSON), never a model; no torch,
-no pyplot. :func:`plot_records` in :mod:`gradscope.plot.figure` hands rows with a ``step``
-column here.
+no pyplot. :func:`~gradscope.plot.figure.plot_records` hands rows with a ``step`` column here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from gradscope.errors import RecordsError, SpecError
-from gradscope.output import check_output_path, write_atomic
+from gradscope.plot.canvas import new_figure, plain_log_labels, style_context
+from gradscope.plot.spec import is_training_rows
+from gradscope.plot.write import draw_to_file
 from gradscope.records import Row, as_rows
+from gradscope.schema import Role, TrainRecord, roles
 
-# Columns measured per (configuration, step, layer); every other column is configuration.
-MEASURED = (
-    "repeats",
-    "step",
-    "layer",
-    "grad_norm_mean",
-    "grad_norm_std",
-    "grad_norm_sem",
-    "grad_norm_ci_low",
-    "grad_norm_ci_high",
-    "weight_norm",
-    "sigma",
-    "update_size",
-    "trust_ratio",
-    "loss",
-)
+# Columns that do not tell one heatmap from another: the measurements of a training record
+# (the schema's), the heatmap's axes (step, layer), and how many repeats were averaged.
+# Every other column is configuration.
+MEASURED = frozenset(
+    name for name, role in roles(TrainRecord).items() if role is Role.measurement
+) | {"repeats", "step", "layer"}
 
 LABELS = {
     "grad_norm_mean": "gradient norm",
@@ -48,10 +38,7 @@ LABELS = {
     "trust_ratio": "trust ratio ‖w‖/‖∇w‖",
 }
 
-
-def is_training_rows(columns: Iterable[str]) -> bool:
-    """True for per-layer training records: they have ``step``, ``layer`` and a gradient norm."""
-    return {"step", "layer", "grad_norm_mean"} <= set(columns)
+Grid = tuple[str, np.ndarray, np.ndarray, np.ndarray]  # label, steps, layers, values[layer, step]
 
 
 def _float(value: Any) -> float:
@@ -112,6 +99,29 @@ def training_figure(
         SpecError: ``value`` is not a column of the records.
     """
     columns, rows = as_rows(records)
+    _check_training_records(columns, rows, value)
+    configs = _configurations(columns, rows, value)
+    grids = [(label, *_grid(group, value)) for label, group in configs]
+    has_sigma = "sigma" in columns and any(math.isfinite(_float(r.get("sigma"))) for r in rows)
+
+    n = len(grids) + (1 if has_sigma else 0)
+    ncols = min(n, 3)
+    nrows = -(-n // ncols)
+    width, height = size or (4.6 * ncols, 3.4 * nrows)
+    fig = new_figure(width, height, dpi or 120)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    _draw_heatmaps(fig, axes, grids, value)
+    if has_sigma:
+        _draw_sigma_panel(axes[len(grids)], configs, rows)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    fig.suptitle(title or f"{LABELS.get(value, value).capitalize()} over training")
+    return fig
+
+
+def _check_training_records(columns: Sequence[str], rows: Sequence[Row], value: str) -> None:
+    """Raise RecordsError or SpecError unless the rows are training records with a numeric
+    ``value`` column."""
     if not rows:
         raise RecordsError("there are no records to plot")
     if not is_training_rows(columns):
@@ -128,23 +138,16 @@ def training_figure(
         raise RecordsError(f"column {value!r} has no values to plot: it is empty in every record")
     if any(isinstance(v, bool) or math.isnan(_float(v)) and v == v for v in present):
         raise RecordsError(f"column {value!r} is not numeric; choose a numeric column with --y")
-    configs = _configurations(columns, rows, value)
-    grids = [(label, *_grid(group, value)) for label, group in configs]
+
+
+def _draw_heatmaps(fig: Figure, axes: np.ndarray, grids: Sequence[Grid], value: str) -> None:
+    """One heatmap of log10 values per grid, all on one colour scale, with one colour bar."""
     with np.errstate(divide="ignore", invalid="ignore"):
         logs = [np.where(g > 0, np.log10(g), np.nan) for *_, g in grids]
     finite = np.concatenate([v[np.isfinite(v)] for v in logs]) if logs else np.array([])
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     if vmin == vmax:
         vmin, vmax = vmin - 0.5, vmax + 0.5
-    has_sigma = "sigma" in columns and any(math.isfinite(_float(r.get("sigma"))) for r in rows)
-
-    n = len(grids) + (1 if has_sigma else 0)
-    ncols = min(n, 3)
-    nrows = -(-n // ncols)
-    width, height = size or (4.6 * ncols, 3.4 * nrows)
-    fig = Figure(figsize=(width, height), dpi=dpi or 120, layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     mesh = None
     for ax, (label, steps, layers, _), logv in zip(axes, grids, logs, strict=False):
         mesh = ax.pcolormesh(
@@ -159,36 +162,34 @@ def training_figure(
         ax.set_title(label, fontsize=9)
     if mesh is not None:
         fig.colorbar(mesh, ax=list(axes[: len(grids)]), label=f"log10 {LABELS.get(value, value)}")
-    if has_sigma:
-        ax = axes[len(grids)]
-        for label, group in configs:
-            last = max(int(_float(r["step"])) for r in group)
-            end = sorted(
-                (r for r in group if int(_float(r["step"])) == last),
-                key=lambda r: _float(r["layer"]),
-            )
-            xs = [_float(r["layer"]) for r in end]
-            ys = [_float(r.get("sigma")) for r in end]
-            if any(math.isfinite(y) for y in ys):
-                name = f"{label} (step {last})" if len(configs) > 1 else f"step {last}"
-                ax.plot(xs, ys, marker="o", markersize=3, label=name)
-        ax.set_yscale("log")
-        sig = np.array([_float(r.get("sigma")) for r in rows])
-        sig = sig[np.isfinite(sig) & (sig > 0)]
-        if sig.size:
-            from gradscope.plot.figure import _plain_log_labels
 
-            _plain_log_labels(ax, float(np.log10(sig.max() / sig.min())))
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("layer (1 = input side)")
-        ax.set_ylabel("BatchNorm σ")
-        ax.set_title("σ at the last recorded step", fontsize=9)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
-    for ax in axes[n:]:
-        ax.set_visible(False)
-    fig.suptitle(title or f"{LABELS.get(value, value).capitalize()} over training")
-    return fig
+
+def _draw_sigma_panel(
+    ax: Any, configs: Sequence[tuple[str, list[Row]]], rows: Sequence[Row]
+) -> None:
+    """BatchNorm σ against layer at each configuration's last recorded step."""
+    for label, group in configs:
+        last = max(int(_float(r["step"])) for r in group)
+        end = sorted(
+            (r for r in group if int(_float(r["step"])) == last),
+            key=lambda r: _float(r["layer"]),
+        )
+        xs = [_float(r["layer"]) for r in end]
+        ys = [_float(r.get("sigma")) for r in end]
+        if any(math.isfinite(y) for y in ys):
+            name = f"{label} (step {last})" if len(configs) > 1 else f"step {last}"
+            ax.plot(xs, ys, marker="o", markersize=3, label=name)
+    ax.set_yscale("log")
+    sig = np.array([_float(r.get("sigma")) for r in rows])
+    sig = sig[np.isfinite(sig) & (sig > 0)]
+    if sig.size:
+        plain_log_labels(ax, float(np.log10(sig.max() / sig.min())))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("layer (1 = input side)")
+    ax.set_ylabel("BatchNorm σ")
+    ax.set_title("σ at the last recorded step", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
 
 
 def plot_training(
@@ -203,19 +204,12 @@ def plot_training(
 ) -> Figure:
     """:func:`training_figure`, written to ``out`` (.png, .svg or .pdf) when given, whole or not
     at all. ``style`` is a matplotlib style name."""
-    from gradscope.plot.figure import figure_bytes, figure_format
 
-    path = Path(out) if out is not None else None
-    if path is not None:
-        fmt = figure_format(path)
-        check_output_path(path)
-    import matplotlib.style
+    def draw() -> Figure:
+        with style_context(style):
+            return training_figure(records, value=value, title=title, size=size, dpi=dpi)
 
-    with matplotlib.style.context(style) if style else contextlib.nullcontext():
-        fig = training_figure(records, value=value, title=title, size=size, dpi=dpi)
-    if path is not None:
-        write_atomic(path, figure_bytes(fig, fmt))
-    return fig
+    return draw_to_file(out, draw)
 
 
 __all__ = ["is_training_rows", "plot_training", "training_figure"]
