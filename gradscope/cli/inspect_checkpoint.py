@@ -81,7 +81,7 @@ def inspect_checkpoint_command(
     """
     # Fail on unusable output paths before reading anything.
     if plot is not None:
-        from gradscope.plot.figure import figure_format
+        from gradscope.plot.write import figure_format
 
         figure_format(plot)
         check_output_path(plot)

@@ -410,7 +410,7 @@ def _check_outputs(p: dict[str, Any]) -> None:
     if p["output"] is not None:
         resolve_format(p["fmt"], False, p["output"])
     if p["plot"] is not None:
-        from gradscope.plot.figure import figure_format
+        from gradscope.plot.write import figure_format
 
         figure_format(p["plot"])
     if p["growth"] is not None:
