@@ -96,3 +96,22 @@ def given_options(ctx: typer.Context) -> set[str]:
         if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
             given.add(name)
     return given
+
+
+def check_outputs(
+    fmt: Format, output: Path | None, plot: Path | None = None, *others: Path | None
+) -> None:
+    """Check every output a command will write before any work: the records file (its format
+    from ``fmt`` or the extension), the figure (its format from the extension) and any other
+    file. A bad path then never costs a run or leaves one file written and another not."""
+    from gradscope.output import check_output_path, resolve_format
+
+    if output is not None:
+        resolve_format(fmt, False, output)
+    if plot is not None:
+        from gradscope.plot.write import figure_format
+
+        figure_format(plot)
+    for path in (output, plot, *others):
+        if path is not None:
+            check_output_path(path)

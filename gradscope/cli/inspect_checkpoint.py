@@ -7,10 +7,11 @@ from typing import Annotated
 
 import typer
 
-from gradscope.cli.common import FormatOpt, OutputOpt, note
+from gradscope.cli.common import FormatOpt, OutputOpt, check_outputs, note
+from gradscope.cli.plot import plot_to_file
 from gradscope.errors import OutputError
 from gradscope.options import Format
-from gradscope.output import check_output_path, emit
+from gradscope.output import emit
 
 
 def inspect_checkpoint_command(
@@ -79,14 +80,7 @@ def inspect_checkpoint_command(
 
     Example: gradscope inspect-checkpoint vgg19_bn-c79401a0.pth --plot sigma.png
     """
-    # Fail on unusable output paths before reading anything.
-    if plot is not None:
-        from gradscope.plot.write import figure_format
-
-        figure_format(plot)
-        check_output_path(plot)
-    if output is not None:
-        check_output_path(output)
+    check_outputs(fmt, output, plot)
 
     from gradscope.checkpoint import inspect_checkpoint
 
@@ -115,9 +109,6 @@ def inspect_checkpoint_command(
             summary_title="sigma growth per layer from deep to shallow (and largest jumps)",
         )
     if plot is not None and result.records and not weights:
-        from gradscope.plot.figure import plot_records
-
-        plot_records(result.records, out=plot)
-        note(f"wrote {plot}")
+        plot_to_file(result.records, plot)
     elif plot is not None:
         note(f"no plot written to {plot}: there are no BatchNorm layers to draw")

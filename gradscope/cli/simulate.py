@@ -14,7 +14,15 @@ from typing import Annotated, Any
 
 import typer
 
-from gradscope.cli.common import FormatOpt, OutputOpt, given_options, note, parse_list, warn
+from gradscope.cli.common import (
+    FormatOpt,
+    OutputOpt,
+    check_outputs,
+    given_options,
+    note,
+    parse_list,
+    warn,
+)
 from gradscope.cli.plot import plot_to_file
 from gradscope.cli.progress import Progress
 from gradscope.errors import SpecError
@@ -32,7 +40,7 @@ from gradscope.options import (
     ResidualScale,
     Task,
 )
-from gradscope.output import check_output_path, emit, write_atomic
+from gradscope.output import emit, resolve_format, write_atomic
 from gradscope.specs import (
     ModelRequest,
     ModelSpec,
@@ -402,30 +410,14 @@ def _refuse_unused_options(p: dict[str, Any], given: set[str]) -> None:
             raise SpecError(f"{_flags(unused)} {verb} not used by --train-steps")
 
 
-def _check_outputs(p: dict[str, Any]) -> None:
-    """Every output is checked before any work, so a bad path never costs a run or leaves one
-    file written and the other not."""
-    from gradscope.output import resolve_format
-
-    if p["output"] is not None:
-        resolve_format(p["fmt"], False, p["output"])
-    if p["plot"] is not None:
-        from gradscope.plot.write import figure_format
-
-        figure_format(p["plot"])
-    if p["growth"] is not None:
-        resolve_format(Format.auto, False, p["growth"])
-    for name in ("output", "plot", "save_checkpoint", "growth"):
-        if p[name] is not None:
-            check_output_path(p[name])
-
-
 def _run(p: dict[str, Any], given: set[str]) -> None:
     """Build the request of the run the options ask for, run it, report and write."""
     if p["train_steps"] < 0:
         raise SpecError(f"--train-steps must be 0 or more, got {p['train_steps']}")
     Progress.mode = p["progress"]
-    _check_outputs(p)
+    if p["growth"] is not None:
+        resolve_format(Format.auto, False, p["growth"])  # a bad extension fails before training
+    check_outputs(p["fmt"], p["output"], p["plot"], p["save_checkpoint"], p["growth"])
     _refuse_unused_options(p, given)
     if p["model"] is not None:
         from gradscope.engine.user_model import run as run_model
