@@ -19,7 +19,7 @@ import numpy as np
 
 from gradscope.checkpoint.table import TensorEntry, TensorTable, entry_norm, to_numpy
 from gradscope.schema import CheckpointRecord, CheckpointSummaryRecord, WeightRecord
-from gradscope.theory.fit import fit_log_linear
+from gradscope.theory.stats import fit_log_linear
 
 DEFAULT_EPS = 1e-5
 DOWNSAMPLE_TYPE = re.compile(r"pool|downsampl|pixelunshuffle", re.IGNORECASE)

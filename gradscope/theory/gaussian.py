@@ -116,14 +116,6 @@ def integrate(
     return Quadrature(tuple(estimates), errors)
 
 
-def gaussian_expectation(
-    f: Callable[[np.ndarray], np.ndarray], std: float = 1.0, kinks: Sequence[float] = ()
-) -> tuple[float, float]:
-    """E[f(X)] for X ~ N(0, std²): (value, absolute error estimate)."""
-    q = integrate([f], std=std, kinks=kinks)
-    return q.values[0], q.errors[0]
-
-
 # Closed forms -------------------------------------------------------------------------------
 
 

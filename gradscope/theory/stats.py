@@ -1,18 +1,24 @@
-"""Mergeable per-layer statistics over repeats and the growth-rate fits of ``simulate`` (no torch).
+"""Statistics of measurements (no torch): mergeable per-layer statistics over repeats, and
+every growth-rate fit gradscope makes.
 
 :class:`LayerStats` keeps sufficient statistics (count, sums, sums of squares) plus the
 per-repeat gradient norms that the bootstrap needs (depth × repeats floats). Two partial
 results merge exactly: :meth:`LayerStats.merge` concatenates and adds, in repeat order.
+
+Fits: one least-squares core, :func:`_ols`, behind :func:`log_linear_rate` (simulate's rate
+from the last layer to the first), :func:`fit_log_linear` (with a Student-t interval, for
+checkpoints) and the vectorised slopes of :func:`bootstrap_rate_ci`. Student-t quantiles come
+from scipy (``scipy.special.stdtrit``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from gradscope.theory.fit import student_t_quantile
+from scipy.special import stdtrit
 
 
 @dataclass
@@ -104,7 +110,7 @@ class LayerStats:
                 if np.all(np.isfinite(mat)):
                     std = mat.std(axis=0, ddof=1)
                 sem = std / math.sqrt(n)
-                t = student_t_quantile(0.5 + level / 2, n - 1)
+                t = float(stdtrit(n - 1, 0.5 + level / 2))
                 # A norm is never negative: the interval is cut at 0 (few repeats, wide t).
                 ci_low, ci_high = np.maximum(mean - t * sem, 0.0), mean + t * sem
             else:
@@ -143,6 +149,21 @@ class LayerSummary:
     pool_input_backward_var: np.ndarray
 
 
+def _ols(x: np.ndarray, logy: np.ndarray) -> tuple[float, float, float, float]:
+    """Least squares of ``logy`` on ``x``: (slope, sxx, residual SS, total SS); ``x`` must
+    take two distinct values."""
+    dx = x - x.mean()
+    sxx = float(dx @ dx)
+    centred = logy - logy.mean()
+    slope = float(dx @ centred) / sxx
+    resid = centred - slope * dx
+    return slope, sxx, float(resid @ resid), float((centred**2).sum())
+
+
+def _r_squared(sse: float, sst: float) -> float:
+    return 1.0 - sse / sst if sst > 0 else math.nan
+
+
 def log_linear_rate(values: np.ndarray) -> tuple[float, float]:
     """Per-layer growth from the last layer to the first, and R² of the log-linear fit.
 
@@ -154,14 +175,8 @@ def log_linear_rate(values: np.ndarray) -> tuple[float, float]:
     ok = np.isfinite(y) & (y > 0)
     if ok.sum() < 2:
         return math.nan, math.nan
-    x, logy = steps[ok], np.log(y[ok])
-    dx = x - x.mean()
-    sxx = float(dx @ dx)
-    slope = float(dx @ (logy - logy.mean())) / sxx
-    resid = logy - logy.mean() - slope * dx
-    sst = float(((logy - logy.mean()) ** 2).sum())
-    r2 = 1.0 - float(resid @ resid) / sst if sst > 0 else math.nan
-    return math.exp(slope), r2
+    slope, _, sse, sst = _ols(steps[ok], np.log(y[ok]))
+    return math.exp(slope), _r_squared(sse, sst)
 
 
 def bootstrap_rate_ci(
@@ -213,3 +228,76 @@ def half_rates(values: np.ndarray) -> tuple[float, float]:
     first = log_linear_rate(y[: (depth + 1) // 2])[0]
     last = log_linear_rate(y[depth // 2 :])[0]
     return first, last
+
+
+@dataclass(frozen=True)
+class LogLinearFit:
+    """Least-squares fit of ``log(y) = intercept + slope·x``.
+
+    ``rate = exp(slope)`` is the factor by which ``y`` grows per unit of ``x``;
+    ``ci_low``/``ci_high`` bound it at confidence ``level`` (NaN when ``n < 3``);
+    ``r_squared`` is computed on the log scale (NaN when ``log y`` is constant).
+    """
+
+    rate: float
+    ci_low: float
+    ci_high: float
+    r_squared: float
+    n: int
+    slope: float
+    slope_se: float
+    intercept: float
+    level: float = 0.95
+
+
+def fit_log_linear(
+    x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, level: float = 0.95
+) -> LogLinearFit:
+    """Fit ``log(y)`` against ``x`` by ordinary least squares.
+
+    Args:
+        x: positions (e.g. layer index), at least two distinct values.
+        y: positive values, same length as ``x``.
+        level: confidence level of the interval on the rate, in (0, 1).
+
+    Returns:
+        The fit; the interval is ``exp(slope ± t·se)`` with ``n - 2`` degrees of freedom.
+
+    Raises:
+        ValueError: lengths differ, fewer than two points, ``x`` constant, or ``y`` not
+            all positive and finite.
+    """
+    xs = np.asarray(x, dtype=np.float64)
+    ys = np.asarray(y, dtype=np.float64)
+    if xs.shape != ys.shape or xs.ndim != 1:
+        raise ValueError(f"x and y must be 1-d of equal length, got {xs.shape} and {ys.shape}")
+    n = int(xs.size)
+    if n < 2:
+        raise ValueError(f"a fit needs at least 2 points, got {n}")
+    if not (np.all(np.isfinite(ys)) and np.all(ys > 0)):
+        raise ValueError("y must be positive and finite for a log-linear fit")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if np.all(xs == xs[0]):
+        raise ValueError("x must take at least two distinct values")
+    logy = np.log(ys)
+    slope, sxx, sse, sst = _ols(xs, logy)
+    intercept = float(logy.mean() - slope * xs.mean())
+    r_squared = _r_squared(sse, sst)
+    if n > 2:
+        se = math.sqrt(sse / (n - 2) / sxx)
+        t = float(stdtrit(n - 2, 0.5 + level / 2))
+        ci_low, ci_high = math.exp(slope - t * se), math.exp(slope + t * se)
+    else:
+        se, ci_low, ci_high = math.nan, math.nan, math.nan
+    return LogLinearFit(
+        rate=math.exp(slope),
+        ci_low=ci_low,
+        ci_high=ci_high,
+        r_squared=r_squared,
+        n=n,
+        slope=slope,
+        slope_se=se,
+        intercept=intercept,
+        level=level,
+    )
