@@ -14,7 +14,7 @@ from gradscope.api import simulate
 from gradscope.engine.draws import draw_repeat, repeat_seed
 from gradscope.engine.layers import activation_forward
 from gradscope.engine.mlp import forward_backward
-from gradscope.engine.runner import _intra_op_threads, run_configuration
+from gradscope.engine.runner import intra_op_threads, run_configuration
 from gradscope.options import Arch, Dtype, Init, Norm, ResidualScale
 from gradscope.specs import NetSpec
 
@@ -175,7 +175,7 @@ def test_repeats_do_not_depend_on_workers_or_order() -> None:
     # Repeat 5 alone is the same as repeat 5 of the run: its seed is (seed, spec, 5) only.
     # (The engine runs each repeat on one intra-op thread; so does this check.)
     draw = draw_repeat(spec, 11, 5)
-    with _intra_op_threads(1):
+    with intra_op_threads(1):
         alone = forward_backward(spec, draw.weights, draw.x, draw.dy).grad_norm.double().numpy()
     assert np.array_equal(alone, a.norm_matrix()[5])
     assert repeat_seed(11, spec, 5) != repeat_seed(11, spec, 6)

@@ -47,6 +47,7 @@ from gradscope.specs import (
     SimulateRequest,
     TrainRequest,
     build_specs,
+    coerce,
     make_config,
     parse_input_shape,
     parse_model_args,
@@ -74,16 +75,7 @@ def _choices(kind: Any) -> str:
 
 
 def _enum_list(kind: Any, text: str, what: str) -> list[Any]:
-    out = []
-    for item in parse_list(text, what):
-        try:
-            out.append(kind(item.lower()))
-        except ValueError:
-            raise SpecError(
-                f"unknown {{option}} {item!r}; choose from {', '.join(m.value for m in kind)}",
-                option=what,
-            ) from None
-    return out
+    return [coerce(kind, item, what) for item in parse_list(text, what)]
 
 
 def _int_list(text: str, what: str) -> list[int]:

@@ -38,14 +38,12 @@ _STRIDE, _PAD, _DIL = [1, 1], [1, 1], [1, 1]
 
 
 def _conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-
     return torch.ops.aten.convolution(x, w, None, _STRIDE, _PAD, _DIL, False, [0, 0], 1)
 
 
 def _conv_backward(
     grad: torch.Tensor, x: torch.Tensor, w: torch.Tensor, need_input: bool
 ) -> tuple[Any, torch.Tensor]:
-
     dx, dw, _ = torch.ops.aten.convolution_backward(
         grad, x, w, None, _STRIDE, _PAD, _DIL, False, [0, 0], 1, [need_input, True, False]
     )

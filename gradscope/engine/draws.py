@@ -17,7 +17,6 @@ from gradscope.specs import CONV_KERNEL, TRUNC_STD, NetSpec, conv_weight_std
 
 
 def torch_dtype(dtype: Dtype) -> Any:
-
     return torch.float32 if dtype is Dtype.float32 else torch.float64
 
 
@@ -70,7 +69,6 @@ def draw_repeat(
 
 
 def _draw_weights(spec: NetSpec, w: torch.Tensor, gen: torch.Generator) -> None:
-
     init, width = spec.init, spec.width
     if init in (Init.he, Init.lecun, Init.xavier_normal):
         w.normal_(0.0, spec.weight_std, generator=gen)

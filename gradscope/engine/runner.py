@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from gradscope.activations import ActivationSpec
-from gradscope.engine.draws import RepeatDraw, draw_repeat, torch_dtype
+from gradscope.engine.conv import conv_forward_backward
+from gradscope.engine.draws import RepeatDraw, draw_conv_repeat, draw_repeat, torch_dtype
 from gradscope.engine.layers import activation_backward, activation_forward
 from gradscope.engine.mlp import RepeatOutput, _overflow_layer, forward_backward
 from gradscope.errors import ResourceError, SpecError
@@ -109,13 +110,14 @@ def resolve_device(device: Device) -> str:
     if device is Device.auto:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device is Device.cuda and not torch.cuda.is_available():
-        raise SpecError("--device cuda was asked for, but PyTorch sees no CUDA device")
+        raise SpecError(
+            "{option} cuda was asked for, but PyTorch sees no CUDA device", option="device"
+        )
     return device.value
 
 
 @contextlib.contextmanager
-def _intra_op_threads(n: int) -> Iterator[None]:
-
+def intra_op_threads(n: int) -> Iterator[None]:
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -231,69 +233,39 @@ def _run_one(
     device: str,
     local: threading.local,
     act: tuple[Any, Any],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int | None]:
+) -> RepeatValues:
+    """One repeat: draw, forward and backward; the per-layer values it adds to the statistics.
 
-    if spec.arch.is_conv:
-        return _run_one_conv(spec, seed, repeat, dtype, device, local, act)
-    draw = getattr(local, "draw", None)
-    if (
-        draw is None
-        or draw.weights.shape[0] != spec.depth
-        or draw.x.shape
-        != (
-            spec.batch,
-            spec.width,
-        )
-    ):
-        draw = None
-    draw = draw_repeat(spec, seed, repeat, dtype, device, out=draw)
-    local.draw = draw
-    out = forward_backward(spec, draw.weights, draw.x, draw.dy, *act)
+    ``local`` keeps the previous draw's buffers of this thread, reused when the shapes match.
+    """
+    conv = spec.arch.is_conv
+    shape = (spec.channels, spec.spatial, spec.batch, dtype, conv)
+    draw = getattr(local, "draw", None) if getattr(local, "shape", None) == shape else None
+    if conv:
+        draw = draw_conv_repeat(spec, seed, repeat, dtype, device, out=draw)
+        run: Callable[..., Any] = conv_forward_backward
+    else:
+        draw = draw_repeat(spec, seed, repeat, dtype, device, out=draw)
+        run = forward_backward
+    local.draw, local.shape = draw, shape
+    out = run(spec, draw.weights, draw.x, draw.dy, *act)
     layer = _overflow_layer(out, spec.depth)
     if layer is not None and draw.x.dtype != torch.float64:
         # Squares overflow float32 long before the values do: recompute the statistics wide.
-        out = forward_backward(spec, draw.weights, draw.x, draw.dy, *act, wide_stats=True)
+        out = run(spec, draw.weights, draw.x, draw.dy, *act, wide_stats=True)
         layer = _overflow_layer(out, spec.depth)
-    return (
+    values: RepeatValues = (
         out.grad_norm.double().cpu().numpy(),
         out.forward_var.double().cpu().numpy(),
         out.backward_var.double().cpu().numpy(),
         layer,
     )
-
-
-def _run_one_conv(
-    spec: NetSpec,
-    seed: int,
-    repeat: int,
-    dtype: Dtype,
-    device: str,
-    local: threading.local,
-    act: tuple[Any, Any],
-) -> RepeatValues:
-
-    from gradscope.engine.conv import conv_forward_backward
-    from gradscope.engine.draws import draw_conv_repeat
-
-    draw = getattr(local, "conv_draw", None)
-    if getattr(local, "conv_spec", None) != (spec.channels, spec.spatial, spec.batch, dtype):
-        draw = None
-    draw = draw_conv_repeat(spec, seed, repeat, dtype, device, out=draw)
-    local.conv_draw = draw
-    local.conv_spec = (spec.channels, spec.spatial, spec.batch, dtype)
-    out = conv_forward_backward(spec, draw.weights, draw.x, draw.dy, *act)
-    layer = _overflow_layer(out, spec.depth)
-    if layer is not None and draw.x.dtype != torch.float64:
-        out = conv_forward_backward(spec, draw.weights, draw.x, draw.dy, *act, wide_stats=True)
-        layer = _overflow_layer(out, spec.depth)
-    return (
-        out.grad_norm.double().cpu().numpy(),
-        out.forward_var.double().cpu().numpy(),
-        out.backward_var.double().cpu().numpy(),
-        layer,
-        out.pool_input_var.double().cpu().numpy(),
-        out.pool_input_backward_var.double().cpu().numpy(),
-    )
+    if conv:
+        values += (
+            out.pool_input_var.double().cpu().numpy(),
+            out.pool_input_backward_var.double().cpu().numpy(),
+        )
+    return values
 
 
 def _run_stack(
@@ -385,7 +357,7 @@ def run_configuration(
         return job.run_stacked(repeats, chunk)
     # One intra-op thread per repeat: the per-repeat arithmetic, hence every bit of the output,
     # is then the same whatever the number of workers.
-    with _intra_op_threads(1):
+    with intra_op_threads(1):
         if workers == 1:
             return job.run_serial(repeats)
         use_processes = _fork_available() and (

@@ -33,12 +33,11 @@ The engine returns records and never prints.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +50,7 @@ from torch import nn
 
 from gradscope.engine.draws import draw_repeat, torch_dtype
 from gradscope.engine.layers import activation_forward
-from gradscope.engine.runner import ProgressFn, default_workers, resolve_device
+from gradscope.engine.runner import ProgressFn, default_workers, intra_op_threads, resolve_device
 from gradscope.errors import SpecError
 from gradscope.options import Arch, Dtype, Norm, Optimizer, ResidualScale, Task
 from gradscope.schema import Result, TrainRecord, TrainSummary, WeightGrowthRecord
@@ -223,7 +222,6 @@ def build_model(spec: NetSpec, classes: int) -> Any:
 
 
 def _optimizer(config: TrainConfig, params: list[Any]) -> Any:
-
     if config.optimizer is Optimizer.adam:
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     momentum = config.momentum if config.optimizer is Optimizer.momentum else 0.0
@@ -551,22 +549,6 @@ def _growth_records(
 # The public API
 
 
-def torch_threads() -> int:
-
-    return int(torch.get_num_threads())
-
-
-@contextlib.contextmanager
-def _intra_op_threads(n: int) -> Iterator[None]:
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def run(
     request: TrainRequest,
     *,
@@ -597,7 +579,7 @@ def run(
     # One intra-op thread per repeat and repeats on worker threads, as simulate: on a busy
     # CPU, two intra-op threads on small matrices run tens of times slower than one, and the
     # per-repeat arithmetic (hence every bit of the output) no longer depends on the workers.
-    with _intra_op_threads(1 if device == "cpu" else torch_threads()):
+    with intra_op_threads(1 if device == "cpu" else torch.get_num_threads()):
         for c, spec in enumerate(request.specs):
             if stop is not None and stop.is_set():
                 result.partial = True

@@ -102,7 +102,6 @@ def resolve_factory(target: str) -> Callable[..., Any]:
 
 
 def _torch_version() -> str:
-
     return str(torch.__version__)
 
 
@@ -273,7 +272,6 @@ def _reset_all(model: nn.Module) -> None:
 
 
 def _same_state(a: nn.Module, b: nn.Module) -> bool:
-
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
@@ -396,7 +394,6 @@ class _ModelRunner:
     """One ``--model`` run: fresh parameters per repeat, one forward and backward each."""
 
     def __init__(self, request: ModelRequest, seed: int) -> None:
-
         self.spec, self.batch, self.seed = request.spec, request.batch, seed
         self.repeats = request.repeats
         self.device = resolve_device(request.device)
@@ -567,7 +564,6 @@ def _differentiable_output(out: Any, label: str) -> torch.Tensor:
 
 
 def _first_tensor(out: Any, label: str) -> torch.Tensor:
-
     if isinstance(out, torch.Tensor):
         return out
     if isinstance(out, dict):
