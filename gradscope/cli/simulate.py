@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 import signal
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -412,23 +411,17 @@ def _run(p: dict[str, Any], given: set[str]) -> None:
     check_outputs(p["fmt"], p["output"], p["plot"], p["save_checkpoint"], p["growth"])
     _refuse_unused_options(p, given)
     if p["model"] is not None:
-        from gradscope.engine.user_model import run as run_model
-
         request: Any = _model_request(p)
-        result = _execute(run_model, request, p["seed"], request.repeats)
+        result = _execute(request, p["seed"], request.repeats)
         _report_notes(result)
     elif p["train_steps"] > 0:
-        from gradscope.engine.train import run as run_training
-
         request = _train_request(p)
         total = request.config.steps * request.repeats * len(request.specs)
-        result = _execute(run_training, request, p["seed"], total, "steps/s", "train")
+        result = _execute(request, p["seed"], total, "steps/s", "train")
         _report_training(result, request, p["growth"])
     else:
-        from gradscope.engine.simulate import run as run_simulation
-
         request = _simulate_request(p)
-        result = _execute(run_simulation, request, p["seed"], request.repeats * len(request.specs))
+        result = _execute(request, p["seed"], request.repeats * len(request.specs))
         _report_simulation(result, request.dtype)
     _write(result, p, _title(p, result))
 
@@ -506,11 +499,12 @@ def _build_specs(p: dict[str, Any], conv: bool) -> list[Any]:
 
 
 def _execute(
-    run: Callable[..., Any], request: Any, seed: int, total: int, unit: str = "rep/s",
-    label: str = "simulate",
-) -> Any:  # fmt: skip
+    request: Any, seed: int, total: int, unit: str = "rep/s", label: str = "simulate"
+) -> Any:
     """Run the engine with a progress display; the first Ctrl-C asks it to stop and keep what
     has finished, a second one stops at once."""
+    from gradscope.engine import run
+
     stop = threading.Event()
 
     def on_sigint(signum: int, frame: Any) -> None:
