@@ -725,7 +725,9 @@ def _find_state_dict(
     others = [k for k, _ in candidates if k != chosen[0]]
     note = f"{path}: tensors found under key {chosen[0]!r}"
     if others:
-        note += f" (also {', '.join(repr(o) for o in others[:4])}: choose with --key)"
+        note += (
+            f" (also {', '.join(repr(o) for o in others[:4])}: choose with --key, key= in Python)"
+        )
     return chosen[1], chosen[0], [note]
 
 

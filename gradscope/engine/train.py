@@ -33,6 +33,7 @@ The engine returns records and never prints.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import threading
@@ -53,7 +54,13 @@ from gradscope.engine.layers import activation_forward
 from gradscope.engine.runner import ProgressFn, default_workers, intra_op_threads, resolve_device
 from gradscope.errors import SpecError
 from gradscope.options import Arch, Dtype, Norm, Optimizer, ResidualScale, Task
-from gradscope.schema import Result, TrainRecord, TrainSummary, WeightGrowthRecord
+from gradscope.schema import (
+    Result,
+    TrainConfigColumns,
+    TrainRecord,
+    TrainSummary,
+    WeightGrowthRecord,
+)
 from gradscope.specs import NORM_EPS, NetSpec, TrainConfig, TrainRequest, check_seed, coerce
 from gradscope.theory.stats import LayerStats, bootstrap_rate_ci, log_linear_rate
 
@@ -400,23 +407,25 @@ def _num(v: Any) -> float | None:
 
 
 def _config_columns(spec: NetSpec, config: TrainConfig, repeats: int) -> dict[str, Any]:
-    return {
-        "arch": spec.arch.value,
-        "residual_scale": spec.residual_scale.value,
-        "activation": spec.activation.label,
-        "norm": spec.norm.value,
-        "init": spec.init.value,
-        "gain": float(spec.gain),
-        "depth": spec.depth,
-        "width": spec.width,
-        "batch": spec.batch,
-        "repeats": repeats,
-        "task": config.task.value,
-        "optimizer": config.optimizer.value,
-        "lr": config.lr,
-        "weight_decay": config.weight_decay,
-        "clip_grad_norm": config.clip_grad_norm,
-    }
+    """The configuration columns of every training record (schema.TrainConfigColumns)."""
+    columns = TrainConfigColumns(
+        arch=spec.arch.value,
+        residual_scale=spec.residual_scale.value,
+        activation=spec.activation.label,
+        norm=spec.norm.value,
+        init=spec.init.value,
+        gain=float(spec.gain),
+        depth=spec.depth,
+        width=spec.width,
+        batch=spec.batch,
+        repeats=repeats,
+        task=config.task.value,
+        optimizer=config.optimizer.value,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        clip_grad_norm=config.clip_grad_norm,
+    )
+    return dataclasses.asdict(columns)
 
 
 def _first_nonfinite(values: np.ndarray) -> int | None:

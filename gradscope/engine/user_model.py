@@ -79,7 +79,9 @@ def resolve_factory(target: str) -> Callable[..., Any]:
     where, sep, attr = target.rpartition(":")
     if not sep or not where or not attr:
         raise SpecError(
-            f"--model takes FILE.py:FUNCTION, MODULE:FUNCTION or torchvision:NAME, got {target!r}"
+            "{option} takes FILE.py:FUNCTION, MODULE:FUNCTION or torchvision:NAME, "
+            f"got {target!r}",
+            option="model",
         )
     if where == "torchvision":
         return _torchvision_factory(attr)
@@ -110,7 +112,7 @@ def _torchvision_factory(name: str) -> Callable[..., Any]:
         import torchvision
     except ImportError:
         raise ModelError(
-            f"--model torchvision:{name} needs torchvision, which is not installed "
+            f"{{--model}} torchvision:{name} needs torchvision, which is not installed "
             "(pip install 'gradscope[torchvision]')"
         ) from None
     except Exception as exc:  # a broken install (mismatched torch, missing C++ ops)

@@ -347,8 +347,9 @@ def parse_input_std(text: str) -> list[float]:
             values = [float(v) for v in text.split(",")]
     except ValueError:
         raise SpecError(
-            f"--input-std takes a number, a list like 0.5,1,2 or a log range like "
-            f"0.25:4:16, got {text!r}"
+            "{option} takes a number, a list like 0.5,1,2 or a log range like "
+            f"0.25:4:16, got {text!r}",
+            option="input_std",
         ) from None
     for v in values:
         if not (v > 0 and math.isfinite(v)):
