@@ -11,6 +11,15 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from gradscope.theory.stats import fit_log_linear
+from gradscope.theory.student_t import student_t_cdf, student_t_quantile
+
+
+@pytest.mark.parametrize("df", [1, 2, 3, 5, 10, 14, 30, 100, 1000])
+@pytest.mark.parametrize("p", [0.5, 0.6, 0.9, 0.975, 0.995])
+def test_t_quantile_matches_scipy(df: int, p: float) -> None:
+    assert student_t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-10, abs=1e-12)
+    assert student_t_quantile(1 - p, df) == pytest.approx(stats.t.ppf(1 - p, df), abs=1e-10)
+    assert student_t_cdf(1.7, df) == pytest.approx(stats.t.cdf(1.7, df), rel=1e-12)
 
 
 @settings(max_examples=50, deadline=None)

@@ -8,7 +8,7 @@ results merge exactly: :meth:`LayerStats.merge` concatenates and adds, in repeat
 Fits: one least-squares core, :func:`_ols`, behind :func:`log_linear_rate` (simulate's rate
 from the last layer to the first), :func:`fit_log_linear` (with a Student-t interval, for
 checkpoints) and the vectorised slopes of :func:`bootstrap_rate_ci`. Student-t quantiles come
-from scipy (``scipy.special.stdtrit``).
+from :mod:`gradscope.theory.student_t`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.special import stdtrit
+
+from gradscope.theory.student_t import student_t_quantile
 
 
 @dataclass
@@ -110,7 +111,7 @@ class LayerStats:
                 if np.all(np.isfinite(mat)):
                     std = mat.std(axis=0, ddof=1)
                 sem = std / math.sqrt(n)
-                t = float(stdtrit(n - 1, 0.5 + level / 2))
+                t = student_t_quantile(0.5 + level / 2, n - 1)
                 # A norm is never negative: the interval is cut at 0 (few repeats, wide t).
                 ci_low, ci_high = np.maximum(mean - t * sem, 0.0), mean + t * sem
             else:
@@ -286,7 +287,7 @@ def fit_log_linear(
     r_squared = _r_squared(sse, sst)
     if n > 2:
         se = math.sqrt(sse / (n - 2) / sxx)
-        t = float(stdtrit(n - 2, 0.5 + level / 2))
+        t = student_t_quantile(0.5 + level / 2, n - 2)
         ci_low, ci_high = math.exp(slope - t * se), math.exp(slope + t * se)
     else:
         se, ci_low, ci_high = math.nan, math.nan, math.nan
