@@ -2,7 +2,7 @@
 
 Trains ReLU, tanh and SELU plain nets and a ReLU resnet (Linear → BatchNorm → activation,
 depth 20) on ``gaussian-classes`` with plain SGD, once without weight decay and once with it,
-and prints one Markdown table per condition. Figures go to ``docs/train_*.png``; the records
+and prints one Markdown table per condition. Figures go to ``docs/figures/train_*.png``; the records
 (CSV) and repeat 0's checkpoint of the ReLU plain net go to ``--out``.
 
 The equivalent CLI (what the lead wires into ``gradscope simulate``)::
@@ -99,7 +99,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--weight-decay", type=float, default=0.02)
     ap.add_argument("--out", type=Path, default=Path("/tmp/gradscope-train-experiments"))
-    ap.add_argument("--docs", type=Path, default=ROOT / "docs")
+    ap.add_argument("--docs", type=Path, default=ROOT / "docs" / "figures")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 

@@ -113,7 +113,8 @@ def _torchvision_factory(name: str) -> Callable[..., Any]:
     except ImportError:
         raise ModelError(
             f"{{--model}} torchvision:{name} needs torchvision, which is not installed "
-            "(pip install 'gradscope[torchvision]')"
+            "(pip install -e '.[torchvision]' from a gradscope checkout, with the torchvision "
+            "release built for your torch)"
         ) from None
     except Exception as exc:  # a broken install (mismatched torch, missing C++ ops)
         raise ModelError(

@@ -1,7 +1,7 @@
 """User activations written as expressions in x, differentiated exactly with SymPy.
 
-SymPy is an optional dependency (``pip install 'gradscope[expr]'``); it is imported only
-when ``--expr`` is used. The expression may use x, numbers, + - * / ** and the usual
+SymPy is an optional dependency (``pip install -e '.[expr]'`` from a checkout); it is
+imported only when ``--expr`` is used. The expression may use x, numbers, + - * / ** and the usual
 elementary functions; anything else (other names, attribute access, calls to unknown
 functions) is rejected before evaluation.
 """
@@ -111,7 +111,8 @@ def parse_expression(text: str) -> ExprActivation:
         from sympy.parsing.sympy_parser import parse_expr
     except ImportError:  # pragma: no cover - depends on the environment
         raise ExpressionError(
-            "--expr needs SymPy: pip install 'gradscope[expr]' (or pip install sympy)"
+            "--expr needs SymPy: pip install -e '.[expr]' from a gradscope checkout "
+            "(or pip install sympy)"
         ) from None
     x = sympy.Symbol("x", real=True)
     local: dict[str, Any] = {
