@@ -21,8 +21,10 @@ def inspect_checkpoint_command(
             metavar="PATH_OR_NAME...",
             help="Checkpoints: torch.save files (.pt .pth .ckpt .bin; zip or legacy format), "
             ".safetensors files, sharded directories with an *.index.json, TorchScript "
-            "archives, or a torchvision model name (vgg19_bn) found in the local torch hub "
-            "cache. Several give one table with a checkpoint column.",
+            "archives; a torchvision model name (vgg19_bn: its ImageNet weights) or an "
+            "http(s) URL, downloaded once into the torch hub cache; or hf://OWNER/REPO (or "
+            ".../FILE) from the Hugging Face Hub (needs the hub extra). Several give one table "
+            "with a checkpoint column.",
             show_default=False,
         ),
     ],
@@ -70,21 +72,31 @@ def inspect_checkpoint_command(
             show_default=False,
         ),
     ] = None,
+    offline: Annotated[
+        bool,
+        typer.Option(
+            "--offline",
+            help="Never use the network: model names, URLs and hf:// sources are read from "
+            "the torch hub or Hugging Face cache only.",
+        ),
+    ] = False,
     fmt: FormatOpt = Format.auto,
     output: OutputOpt = None,
 ) -> None:
     """BatchNorm running statistics per layer, in module order: sigma = sqrt(mean running_var)
     grows from deep to shallow layers when gradients explode (the paper's Appendix A).
 
-    Nothing is downloaded and no code from the file runs unless --trust-pickle is given.
+    No code from the file runs unless --trust-pickle is given; names and URLs download once.
 
-    Example: gradscope inspect-checkpoint vgg19_bn-c79401a0.pth --plot sigma.png
+    Example: gradscope inspect-checkpoint vgg19_bn --plot sigma.png
     """
     check_outputs(fmt, output, plot)
 
     from gradscope.checkpoint import inspect_checkpoint
 
-    result = inspect_checkpoint(sources, key=key, trust_pickle=trust_pickle, weights=weights)
+    result = inspect_checkpoint(
+        sources, key=key, trust_pickle=trust_pickle, weights=weights, offline=offline
+    )
     for message in result.notes:
         note(message)
     if weights:
