@@ -12,10 +12,8 @@ network access altogether. ``hf://`` sources go through huggingface_hub
 
 from __future__ import annotations
 
-import http.client
 import re
 from pathlib import Path
-from urllib.error import URLError
 from urllib.parse import urlparse
 
 from gradscope.checkpoint.table import short_error
@@ -100,6 +98,9 @@ def download_to_hub_cache(
 def _download(url: str, target: Path, progress: bool) -> Path:
     """torch.hub's downloader: a temporary file beside ``target``, renamed when complete and
     (where the name carries a hash) verified; removed on any failure."""
+    import http.client  # here, not at the top: it costs a local file's read 20 ms
+    from urllib.error import URLError
+
     import torch.hub
 
     match = HASH_REGEX.search(target.name)
@@ -121,6 +122,8 @@ def _download(url: str, target: Path, progress: bool) -> Path:
         raise CheckpointError(f"{url} could not be downloaded ({short_error(exc)})") from None
     except (OSError, ValueError, http.client.HTTPException) as exc:
         # urlopen's "<urlopen error [Errno -2] ...>": its reason alone reads better.
-        reason = exc.reason if type(exc) is URLError else exc
-        raise CheckpointError(f"{url} could not be downloaded ({short_error(reason)})") from None
+        reason = str(exc.reason) if isinstance(exc, URLError) and type(exc) is URLError else ""
+        raise CheckpointError(
+            f"{url} could not be downloaded ({reason or short_error(exc)})"
+        ) from None
     return target

@@ -9,8 +9,6 @@ table is asked of torchvision, when it can be imported (its ``DEFAULT`` weights)
 
 from __future__ import annotations
 
-import difflib
-
 from gradscope.errors import CheckpointError
 from gradscope.thirdparty import UnavailablePackage, import_optional
 
@@ -130,6 +128,8 @@ def weights_url(name: str) -> str:
     url, names, trouble = _ask_torchvision(name)
     if url is not None:
         return url
+    import difflib  # only for a name nobody knows
+
     close = difflib.get_close_matches(name, sorted({*TORCHVISION_WEIGHTS, *names}), n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     raise CheckpointError(f"{name} is neither a file nor a known model name{hint}{trouble}")
