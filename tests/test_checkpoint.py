@@ -485,18 +485,19 @@ def test_help_has_an_example() -> None:
 # ---------------------------------------------------------------- torchvision model names
 
 
-def test_model_name_without_torchvision(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "torchvision", None)  # import raises ImportError
-    code, out, err = run_cli("inspect-checkpoint", "vgg19_bn")
+def test_model_name_without_torchvision(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # gradscope's own table suffices
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    code, out, err = run_cli("inspect-checkpoint", "vgg19_bn", "--offline")
     assert_one_line_error(code, out, err)
-    assert "torchvision" in err and "not installed" in err
+    assert "vgg19_bn-c79401a0.pth" in err and "--offline forbids network access" in err
 
 
 def fake_torchvision(url: str) -> types.ModuleType:
     weights = types.SimpleNamespace(DEFAULT=types.SimpleNamespace(url=url))
 
     def get_model_weights(name: str) -> object:
-        if name != "vgg19_bn":
+        if name != "tinyvgg":
             raise ValueError(f"Unknown model {name}")
         return weights
 
@@ -510,21 +511,24 @@ def fake_torchvision(url: str) -> types.ModuleType:
 def test_model_name_resolved_in_hub_cache(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sd: dict
 ) -> None:
-    url = "https://download.pytorch.org/models/vgg19_bn-c79401a0.pth"
+    """A name outside gradscope's table is asked of torchvision; both come from the cache."""
+    url = "https://example.invalid/models/tinyvgg-0123abcd.pth"
     fake = fake_torchvision(url)
     monkeypatch.setitem(sys.modules, "torchvision", fake)
     monkeypatch.setitem(sys.modules, "torchvision.models", fake.models)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    expected = tmp_path / "hub" / "checkpoints" / "vgg19_bn-c79401a0.pth"
-    code, _, err = run_cli("inspect-checkpoint", "vgg19_bn")
-    assert code == 1 and str(expected) in err and url in err and "never downloads" in err
+    expected = tmp_path / "hub" / "checkpoints" / "tinyvgg-0123abcd.pth"
+    code, _, err = run_cli("inspect-checkpoint", "tinyvgg", "--offline")
+    assert code == 1 and str(expected) in err and url in err and "would need a download" in err
     code, _, err = run_cli("inspect-checkpoint", "resnet_nope")
-    assert code == 1 and "neither a file nor a torchvision model name" in err
+    assert code == 1 and "neither a file nor a known model name" in err
     expected.parent.mkdir(parents=True)
     save_legacy(sd, expected)  # torchvision's VGG19-BN file is in the legacy format
-    result = inspect_checkpoint("vgg19_bn")
-    check_vgg(result.records, sd)
-    assert result.records[0].checkpoint == "vgg19_bn"
+    save_legacy(sd, expected.parent / "vgg19_bn-c79401a0.pth")
+    for name in ("tinyvgg", "vgg19_bn"):
+        result = inspect_checkpoint(name)
+        check_vgg(result.records, sd)
+        assert result.records[0].checkpoint == name
 
 
 def test_vgg_module_matches_factory_layout() -> None:

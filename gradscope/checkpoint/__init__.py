@@ -6,6 +6,9 @@ drops right after each max-pool. :func:`inspect_checkpoint` does that for any ch
 
 - :mod:`~gradscope.checkpoint.open`: sniff the format and read it without running code from
   the file (restricted unpickler, zip records, legacy torch.save, safetensors, TorchScript).
+- :mod:`~gradscope.checkpoint.remote`: model names (:mod:`~gradscope.checkpoint.weights`) and
+  URLs, downloaded once into the torch hub cache; ``hf://`` sources
+  (:mod:`~gradscope.checkpoint.hf`).
 - :mod:`~gradscope.checkpoint.table`: the tensors of one checkpoint (read on demand) and norms.
 - :mod:`~gradscope.checkpoint.batchnorm`: BatchNorm layers, their rows and the growth fits.
 - :mod:`~gradscope.checkpoint.inspect`: :func:`inspect_checkpoint`, the public entry.
@@ -13,7 +16,8 @@ drops right after each max-pool. :func:`inspect_checkpoint` does that for any ch
 
 from gradscope.checkpoint.batchnorm import batchnorm_records, summarize, weight_records
 from gradscope.checkpoint.inspect import CheckpointResult, inspect_checkpoint
-from gradscope.checkpoint.open import open_checkpoint, resolve_model_name
+from gradscope.checkpoint.open import open_checkpoint
+from gradscope.checkpoint.remote import resolve_model_name
 from gradscope.checkpoint.table import TensorEntry, TensorTable, entry_norm, frobenius_norm
 
 __all__ = [

@@ -37,22 +37,29 @@ def inspect_checkpoint(
     key: str | None = None,
     trust_pickle: bool = False,
     weights: bool = False,
+    offline: bool = False,
+    progress: bool = True,
 ) -> CheckpointResult:
     """BatchNorm statistics (and optionally weight norms) of one or more checkpoints.
 
     Args:
-        sources: checkpoint files, sharded directories or torchvision model names.
+        sources: checkpoint files, sharded directories, torchvision model names
+            (``vgg19_bn``), http(s) URLs (both downloaded once into the torch hub cache) or
+            ``hf://OWNER/REPO[/FILE]`` (through huggingface_hub and its cache).
         key: where the state dict sits in a checkpoint dict (e.g. ``"ema"``); found
             automatically when omitted.
         trust_pickle: allow files that need full unpickling (a pickled ``nn.Module``). Only
             for files you trust: unpickling can run arbitrary code.
         weights: also compute one :class:`WeightRecord` per weight tensor.
+        offline: never use the network: a source that is not cached yet is an error.
+        progress: show download progress on stderr.
 
     Returns:
         Records in module order, the growth summary, weight records and notes for the user.
 
     Raises:
-        CheckpointError: a source is missing, corrupt, unsafe, or holds no tensors.
+        CheckpointError: a source is missing, corrupt, unsafe, or holds no tensors, or its
+            download failed (or, offline, would be needed).
     """
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
@@ -63,7 +70,9 @@ def inspect_checkpoint(
     notes: list[str] = []
     tables = []
     for source in sources:
-        table = open_checkpoint(source, key=key, trust_pickle=trust_pickle)
+        table = open_checkpoint(
+            source, key=key, trust_pickle=trust_pickle, offline=offline, progress=progress
+        )
         tables.append(table)
         notes.extend(table.notes)
         try:

@@ -29,10 +29,11 @@ import re
 import warnings
 import zipfile
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from gradscope.checkpoint.remote import fetch_source
 from gradscope.checkpoint.table import (
     LazyTensor,
     Locate,
@@ -45,7 +46,6 @@ from gradscope.checkpoint.table import (
 )
 from gradscope.errors import CheckpointError
 
-TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar", ".pkl")
 # Keys under which training scripts usually nest the state dict, in order of preference.
 # EMA weights come after the trained weights: they are chosen only with --key.
 PREFERRED_KEYS = (
@@ -74,21 +74,28 @@ def open_checkpoint(
     key: str | None = None,
     trust_pickle: bool = False,
     label: str | None = None,
+    offline: bool = False,
+    progress: bool = True,
 ) -> TensorTable:
-    """Open a checkpoint file, sharded directory or torchvision model name, without reading
-    its tensors (they are read by ``TensorEntry.load``).
+    """Open a checkpoint file, sharded directory, torchvision model name, URL or ``hf://``
+    source, without reading its tensors (they are read by ``TensorEntry.load``).
+
+    A model name or URL is downloaded into the torch hub cache, an ``hf://`` source into the
+    Hugging Face cache, once (see :mod:`~gradscope.checkpoint.remote`); ``offline`` forbids
+    network access, ``progress`` shows the download's progress on stderr.
 
     Raises:
-        CheckpointError: missing, unreadable, unsafe (without ``trust_pickle``) or empty input.
+        CheckpointError: missing, unreadable, unsafe (without ``trust_pickle``) or empty input,
+            or a failed (or, offline, forbidden) download.
     """
     text = os.fspath(source)
     label = label or text
     path = Path(text)
     if not path.exists():
-        if _looks_like_model_name(text):
-            path = resolve_model_name(text)
-        else:
+        fetched = fetch_source(text, offline=offline, progress=progress)
+        if fetched is None:
             raise CheckpointError(f"{text} does not exist")
+        path = fetched
     if path.is_dir():
         indexes = sorted(path.glob("*.index.json"))
         if not indexes:
@@ -110,44 +117,6 @@ def open_checkpoint(
             f"{text}: {table.fmt} keeps no module order; layers are in natural key order"
         )
     return table
-
-
-def _looks_like_model_name(source: str) -> bool:
-    return re.fullmatch(
-        r"[A-Za-z][A-Za-z0-9_]*", source
-    ) is not None and not source.lower().endswith(tuple(s.lstrip(".") for s in TORCH_SUFFIXES))
-
-
-def resolve_model_name(name: str) -> Path:
-    """The local torch hub cache file of a torchvision model's default weights.
-
-    Raises:
-        CheckpointError: torchvision is missing, the name is unknown, or the file is not cached
-            (gradscope never downloads).
-    """
-    try:
-        import torchvision  # noqa: F401
-        from torchvision import models
-    except ImportError:
-        raise CheckpointError(
-            f"{name} is not a file, and resolving a model name needs torchvision, which is not "
-            "installed; pass the path of a checkpoint file instead"
-        ) from None
-    try:
-        weights = models.get_model_weights(name)
-    except Exception:
-        raise CheckpointError(f"{name} is neither a file nor a torchvision model name") from None
-    default = getattr(weights, "DEFAULT", None) or next(iter(weights))
-    url = str(default.url)
-    import torch
-
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
-    if not cached.is_file():
-        raise CheckpointError(
-            f"the {name} weights are not in the local torch hub cache (expected {cached}); "
-            f"gradscope never downloads: fetch {url} into that directory where there is internet"
-        )
-    return cached
 
 
 def _sniff(path: str) -> str:
@@ -344,7 +313,44 @@ def _open_safetensors(path: str, label: str) -> TensorTable:
         entries[name] = TensorEntry.of(
             LazyTensor(storage, 0, shape, contiguous_strides(shape), locate)
         )
+    _use_safe_open(path, header, entries)
     return _unordered_table(label, path, "safetensors", entries)
+
+
+# dtypes that safetensors' numpy framework reads (numpy has no bfloat16 nor float8).
+_NUMPY_DTYPES = {"F64", "F32", "F16", "I64", "I32", "I16", "I8", "U8", "BOOL"}
+
+
+def _use_safe_open(path: str, header: dict[str, Any], entries: dict[str, TensorEntry]) -> None:
+    """Where the ``safetensors`` package is installed, its parser checks the file too (strictly:
+    overlapping or unused byte ranges) and its reader loads the tensors numpy can hold
+    (``framework="numpy"``, no torch); the header reader above stays the fallback, and the
+    entries' spans (for streamed norms) are the same either way: the bytes are identical."""
+    try:
+        from safetensors import safe_open
+    except ImportError:
+        return
+    try:
+        with safe_open(path, framework="numpy") as fh:
+            names = set(fh.keys())
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path} is not a valid safetensors file ({short_error(exc)})"
+        ) from None
+    for name, entry in entries.items():
+        if name in names and header[name]["dtype"] in _NUMPY_DTYPES:
+            entry.load = _safe_open_loader(path, name)
+
+
+def _safe_open_loader(path: str, name: str) -> Callable[[], Any]:
+    def load() -> Any:
+        import torch
+        from safetensors import safe_open
+
+        with safe_open(path, framework="numpy") as fh:
+            return torch.from_numpy(fh.get_tensor(name))
+
+    return load
 
 
 def _open_index(index_path: str, label: str, key: str | None, trust: bool) -> TensorTable:

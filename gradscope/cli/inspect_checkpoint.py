@@ -13,78 +13,104 @@ from gradscope.errors import OutputError
 from gradscope.options import Format
 from gradscope.output import emit
 
+SourcesArg = Annotated[
+    list[str],
+    typer.Argument(
+        metavar="PATH_OR_NAME...",
+        help="Checkpoints: torch.save files (.pt .pth .ckpt .bin; zip or legacy format), "
+        ".safetensors files, sharded directories with an *.index.json, TorchScript "
+        "archives; a torchvision model name (vgg19_bn: its ImageNet weights) or an "
+        "http(s) URL, downloaded once into the torch hub cache; or hf://OWNER/REPO (or "
+        ".../FILE) from the Hugging Face Hub (needs the hub extra). Several give one table "
+        "with a checkpoint column.",
+        show_default=False,
+    ),
+]
+
+KeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--key",
+        "-k",
+        help="Where the state dict sits in a checkpoint dict (state_dict, model, ema, "
+        "...); found automatically when omitted.",
+        show_default=False,
+    ),
+]
+
+TrustPickleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-pickle",
+        help="Allow files that need full unpickling (a whole pickled nn.Module). "
+        "Unpickling can run arbitrary code: only for files you trust.",
+    ),
+]
+
+WeightsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--weights",
+        help="List per-layer weight norms (every tensor of 2 or more dimensions) "
+        "instead of BatchNorm layers; works for any checkpoint.",
+    ),
+]
+
+SummaryOpt = Annotated[
+    bool,
+    typer.Option(
+        "--summary",
+        help="Output the summary (growth fits per layer from deep to shallow, largest "
+        "jumps) as the records instead of the layers.",
+    ),
+]
+
+PlotOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--plot",
+        help="Draw sigma against layer index (log scale, downsamples marked) to FIG "
+        "(.png, .svg or .pdf).",
+        dir_okay=False,
+        show_default=False,
+    ),
+]
+
+OfflineOpt = Annotated[
+    bool,
+    typer.Option(
+        "--offline",
+        help="Never use the network: model names, URLs and hf:// sources are read from "
+        "the torch hub or Hugging Face cache only.",
+    ),
+]
+
 
 def inspect_checkpoint_command(
-    sources: Annotated[
-        list[str],
-        typer.Argument(
-            metavar="PATH_OR_NAME...",
-            help="Checkpoints: torch.save files (.pt .pth .ckpt .bin; zip or legacy format), "
-            ".safetensors files, sharded directories with an *.index.json, TorchScript "
-            "archives, or a torchvision model name (vgg19_bn) found in the local torch hub "
-            "cache. Several give one table with a checkpoint column.",
-            show_default=False,
-        ),
-    ],
-    key: Annotated[
-        str | None,
-        typer.Option(
-            "--key",
-            "-k",
-            help="Where the state dict sits in a checkpoint dict (state_dict, model, ema, "
-            "...); found automatically when omitted.",
-            show_default=False,
-        ),
-    ] = None,
-    trust_pickle: Annotated[
-        bool,
-        typer.Option(
-            "--trust-pickle",
-            help="Allow files that need full unpickling (a whole pickled nn.Module). "
-            "Unpickling can run arbitrary code: only for files you trust.",
-        ),
-    ] = False,
-    weights: Annotated[
-        bool,
-        typer.Option(
-            "--weights",
-            help="List per-layer weight norms (every tensor of 2 or more dimensions) "
-            "instead of BatchNorm layers; works for any checkpoint.",
-        ),
-    ] = False,
-    summary: Annotated[
-        bool,
-        typer.Option(
-            "--summary",
-            help="Output the summary (growth fits per layer from deep to shallow, largest "
-            "jumps) as the records instead of the layers.",
-        ),
-    ] = False,
-    plot: Annotated[
-        Path | None,
-        typer.Option(
-            "--plot",
-            help="Draw sigma against layer index (log scale, downsamples marked) to FIG "
-            "(.png, .svg or .pdf).",
-            dir_okay=False,
-            show_default=False,
-        ),
-    ] = None,
+    sources: SourcesArg,
+    key: KeyOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    weights: WeightsOpt = False,
+    summary: SummaryOpt = False,
+    plot: PlotOpt = None,
+    offline: OfflineOpt = False,
     fmt: FormatOpt = Format.auto,
     output: OutputOpt = None,
 ) -> None:
     """BatchNorm running statistics per layer, in module order: sigma = sqrt(mean running_var)
     grows from deep to shallow layers when gradients explode (the paper's Appendix A).
 
-    Nothing is downloaded and no code from the file runs unless --trust-pickle is given.
+    No code from the file runs unless --trust-pickle is given; names and URLs download once.
 
-    Example: gradscope inspect-checkpoint vgg19_bn-c79401a0.pth --plot sigma.png
+    Example: gradscope inspect-checkpoint vgg19_bn --plot sigma.png
     """
     check_outputs(fmt, output, plot)
 
     from gradscope.checkpoint import inspect_checkpoint
 
-    result = inspect_checkpoint(sources, key=key, trust_pickle=trust_pickle, weights=weights)
+    result = inspect_checkpoint(
+        sources, key=key, trust_pickle=trust_pickle, weights=weights, offline=offline
+    )
     for message in result.notes:
         note(message)
     if weights:

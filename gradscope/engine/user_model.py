@@ -16,6 +16,7 @@ convolution, embedding) is one layer, in forward execution order recorded with h
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import importlib
 import importlib.util
@@ -38,6 +39,7 @@ from gradscope.errors import GradscopeError, SpecError
 from gradscope.options import Device, Dtype, Reinit
 from gradscope.schema import ModelLayerRecord, ModelSummaryRecord, Result
 from gradscope.specs import ModelRequest, ModelSpec, check_seed
+from gradscope.thirdparty import UnavailablePackage, import_optional
 
 
 class ModelError(GradscopeError):
@@ -103,31 +105,24 @@ def resolve_factory(target: str) -> Callable[..., Any]:
     return factory
 
 
-def _torch_version() -> str:
-    return str(torch.__version__)
-
-
 def _torchvision_factory(name: str) -> Callable[..., Any]:
     try:
-        import torchvision
-    except ImportError:
+        torchvision = import_optional("torchvision")
+    except UnavailablePackage as exc:  # missing, or a build for another torch
         raise ModelError(
-            f"{{--model}} torchvision:{name} needs torchvision, which is not installed "
-            "(pip install -e '.[torchvision]' from a gradscope checkout, with the torchvision "
-            "release built for your torch)"
-        ) from None
-    except Exception as exc:  # a broken install (mismatched torch, missing C++ ops)
-        raise ModelError(
-            f"torchvision is installed but could not be imported ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); its release must match "
-            f"the installed torch {_torch_version()}"
+            f"{{--model}} torchvision:{name} needs torchvision, which {exc.reason}: {exc.hint}"
         ) from None
     models = torchvision.models
     available = set(models.list_models(module=models))
     if name not in available:
+        close = difflib.get_close_matches(name, available, n=3)
         raise ModelError(
             f"torchvision has no classification model {name!r}; "
-            f"e.g. {', '.join(sorted(available)[:8])}, ..."
+            + (
+                f"did you mean {', '.join(close)}?"
+                if close
+                else f"e.g. {', '.join(sorted(available)[:8])}, ..."
+            )
         )
     builder = models.get_model_builder(name)
 
