@@ -26,12 +26,15 @@ import math
 import os
 import pickle
 import re
+import sys
 import warnings
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from gradscope.checkpoint.remote import fetch_source
 from gradscope.checkpoint.table import (
@@ -344,11 +347,10 @@ def _use_safe_open(path: str, header: dict[str, Any], entries: dict[str, TensorE
 
 def _safe_open_loader(path: str, name: str) -> Callable[[], Any]:
     def load() -> Any:
-        import torch
         from safetensors import safe_open
 
         with safe_open(path, framework="numpy") as fh:
-            return torch.from_numpy(fh.get_tensor(name))
+            return fh.get_tensor(name)
 
     return load
 
@@ -648,11 +650,10 @@ def _torch_load(path: str, kind: str, trust: bool) -> Any:
 
 
 def _is_tensor(value: Any) -> bool:
-    if isinstance(value, LazyTensor):
+    if isinstance(value, (LazyTensor, np.ndarray)):
         return True
-    import torch
-
-    return isinstance(value, torch.Tensor)
+    torch = sys.modules.get("torch")  # only a fallback loader makes torch tensors
+    return torch is not None and isinstance(value, torch.Tensor)
 
 
 def _count_tensors(mapping: Any) -> int:

@@ -12,7 +12,9 @@ network access altogether. ``hf://`` sources go through huggingface_hub
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -64,11 +66,18 @@ def resolve_model_name(name: str, *, offline: bool = False, progress: bool = Tru
 
 
 def hub_checkpoints_dir() -> Path:
-    """``<torch.hub.get_dir()>/checkpoints``: honours TORCH_HOME, XDG_CACHE_HOME and
-    ``torch.hub.set_dir``, like every torchvision weight download."""
-    import torch.hub
+    """``<torch hub dir>/checkpoints``, where every torchvision weight download goes: TORCH_HOME,
+    else XDG_CACHE_HOME/torch, else ~/.cache/torch, as ``torch.hub.get_dir()`` computes it
+    (asked of torch itself when it is imported already, so ``torch.hub.set_dir`` counts too);
+    reading a cached file needs no torch."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        import torch.hub
 
-    return Path(torch.hub.get_dir()) / "checkpoints"
+        return Path(torch.hub.get_dir()) / "checkpoints"
+    cache = os.getenv("XDG_CACHE_HOME", os.path.join("~", ".cache"))
+    home = os.path.expanduser(os.getenv("TORCH_HOME", os.path.join(cache, "torch")))
+    return Path(home) / "hub" / "checkpoints"
 
 
 def download_to_hub_cache(

@@ -6,7 +6,12 @@ lie at a known place in a file is a :class:`LazyTensor` (one view of one storage
 a fallback loader already holds in memory is simply returned by its entry.
 
 Norms are computed without a float64 copy of a large tensor, and streamed from the file when the
-tensor's bytes are one contiguous run (:func:`entry_norm`). torch is imported lazily.
+tensor's bytes are one contiguous run (:func:`entry_norm`).
+
+No torch: tensors are read as numpy arrays. bfloat16 is widened to float32 from its uint16
+bits and float8 (e4m3fn, e5m2) decoded through a 256-entry table, both exactly; the other
+dtypes map directly. Only tensors that a fallback loader (``torch.load``) already holds in
+memory are torch tensors, and then torch is imported already.
 """
 
 from __future__ import annotations
@@ -34,32 +39,57 @@ def short_error(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- bytes and dtypes
 
 
-def torch_dtype(name: str) -> Any:
-    """The torch dtype called ``name`` (``float32``, ``bfloat16``, ...)."""
-    import torch
+# The numpy dtype of each stored dtype's bits (little-endian, as torch writes them).
+_STORED = {
+    "float64": "<f8", "float32": "<f4", "float16": "<f2", "bfloat16": "<u2",
+    "int64": "<i8", "int32": "<i4", "int16": "<i2", "int8": "i1", "uint8": "u1", "bool": "?",
+    "complex64": "<c8", "complex128": "<c16", "float8_e4m3fn": "u1", "float8_e5m2": "u1",
+}  # fmt: skip
 
-    dtype = getattr(torch, name, None)
-    if dtype is None:
-        raise CheckpointError(f"tensor dtype {name} is not supported by this torch build")
-    return dtype
+
+def stored_dtype(name: str) -> np.dtype:
+    """The numpy dtype holding the bits of the stored dtype called ``name``."""
+    try:
+        return np.dtype(_STORED[name])
+    except KeyError:
+        raise CheckpointError(f"tensor dtype {name} is not supported") from None
 
 
 def itemsize(dtype_name: str) -> int:
-    """Bytes per element of the torch dtype called ``dtype_name``."""
-    import torch
-
-    return int(torch.empty((), dtype=torch_dtype(dtype_name)).element_size())
+    """Bytes per element of the stored dtype called ``dtype_name``."""
+    return stored_dtype(dtype_name).itemsize
 
 
-def read_bytes(path: str, offset: int, nbytes: int) -> Any:
-    """Exactly ``nbytes`` from ``offset`` of ``path`` as a uint8 tensor (one copy, no mapping)."""
-    import torch
+def _float8_e4m3fn() -> np.ndarray:
+    """The 256 values of float8 e4m3fn (no infinities; 0x7f and 0xff are NaN)."""
+    bits = np.arange(256)
+    sign = np.where(bits & 0x80, -1.0, 1.0)
+    exponent, mantissa = (bits >> 3) & 0xF, bits & 0x7
+    value = np.where(
+        exponent == 0, mantissa / 8.0 * 2.0**-6, (1.0 + mantissa / 8.0) * 2.0 ** (exponent - 7)
+    )
+    value = np.where((exponent == 15) & (mantissa == 7), np.nan, value)
+    return (sign * value).astype(np.float32)
 
-    buf = torch.empty(nbytes, dtype=torch.uint8)
+
+def widen(values: np.ndarray, dtype_name: str) -> np.ndarray:
+    """The values of stored bits: bfloat16 and float8 become float32 (exactly), others pass."""
+    if dtype_name == "bfloat16":
+        return (values.astype(np.uint32) << 16).view(np.float32)
+    if dtype_name == "float8_e5m2":  # the top byte of a float16
+        return (values.astype(np.uint16) << 8).view(np.float16).astype(np.float32)
+    if dtype_name == "float8_e4m3fn":
+        return _float8_e4m3fn()[values]
+    return values
+
+
+def read_bytes(path: str, offset: int, nbytes: int) -> np.ndarray:
+    """Exactly ``nbytes`` from ``offset`` of ``path`` as a uint8 array (one copy, no mapping)."""
+    buf = np.empty(nbytes, dtype=np.uint8)
     if nbytes:
         with open(path, "rb") as fh:
             fh.seek(offset)
-            got = fh.readinto(buf.numpy().data)
+            got = fh.readinto(memoryview(buf.data))
         if got != nbytes:
             raise CheckpointError(f"{path} is truncated: a tensor extends past the end of the file")
     return buf
@@ -98,18 +128,28 @@ class LazyTensor:
     def shape(self) -> tuple[int, ...]:
         return self.size
 
-    def load(self) -> Any:
-        """The tensor (a torch.Tensor viewing its storage's bytes, read in one go)."""
+    def load(self) -> np.ndarray:
+        """The tensor as a numpy array: a strided view of its storage's bytes, read in one go
+        (bfloat16 and float8 widened to float32)."""
+        dtype = stored_dtype(self.storage.dtype)
         raw = read_bytes(*self.locate(self.storage))
-        if raw.numel() != self.storage.numel * itemsize(self.storage.dtype):
+        if raw.size != self.storage.numel * dtype.itemsize:
             raise CheckpointError("a tensor's storage is truncated")
-        try:
-            view = raw.view(torch_dtype(self.storage.dtype))
-            return view.as_strided(self.size, self.stride, self.offset)
-        except RuntimeError as exc:
+        flat = raw.view(dtype)
+        last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride, strict=True))
+        if len(self.size) != len(self.stride) or self.offset < 0 or any(s < 0 for s in self.stride):
+            raise CheckpointError("a tensor has a malformed shape or stride")
+        if math.prod(self.size) and last >= flat.size:
             raise CheckpointError(
-                f"a tensor lies outside its storage ({short_error(exc)})"
-            ) from None
+                f"a tensor lies outside its storage (element {last} of {flat.size})"
+            )
+        view = np.lib.stride_tricks.as_strided(
+            flat[self.offset :],
+            shape=self.size,
+            strides=tuple(s * dtype.itemsize for s in self.stride),
+            writeable=False,
+        )
+        return widen(view, self.storage.dtype)
 
     def span(self) -> Span | None:
         """The file bytes of the tensor when it is one contiguous run of its storage, else None."""
@@ -141,7 +181,8 @@ def _constant(value: Any) -> Callable[[], Any]:
 
 @dataclass
 class TensorEntry:
-    """A tensor known by shape before it is read; ``load()`` reads it (a torch.Tensor)."""
+    """A tensor known by shape before it is read; ``load()`` reads it (a numpy array, or a
+    torch tensor that a fallback loader holds)."""
 
     shape: tuple[int, ...]
     load: Callable[[], Any]
@@ -177,22 +218,31 @@ class TensorTable:
 
 
 def to_numpy(tensor: Any) -> np.ndarray:
-    """A tensor as a flat float64 numpy array."""
-    import torch
+    """A tensor (numpy, or torch from a fallback loader) as a flat float64 numpy array."""
+    if isinstance(tensor, np.ndarray):
+        return tensor.astype(np.float64).reshape(-1)
+    import torch  # a torch tensor: torch is imported already
 
     return tensor.detach().to(torch.float64).reshape(-1).numpy()
 
 
-def _sum_squares(flat: Any, row: int = 128) -> float:
-    """Σ w² of a 1-d tensor. Up to 2**16 elements in float64; larger ones as float32 sums over
-    rows of ``row`` elements (short sums keep the relative error near 1e-10), added in
-    float64. numpy (single-threaded) rather than torch: torch's threads lose time on a busy
-    machine."""
-    import torch
+def _float_values(flat: Any) -> np.ndarray:
+    """A 1-d chunk as float32 or float64 numpy values (other dtypes as float32)."""
+    if not isinstance(flat, np.ndarray):
+        import torch  # a torch tensor: torch is imported already
 
-    if flat.dtype not in (torch.float32, torch.float64):
-        flat = flat.to(torch.float32)  # float16/bfloat16/integers (numpy has no bfloat16)
-    values = flat.numpy()
+        if flat.dtype not in (torch.float32, torch.float64):
+            flat = flat.to(torch.float32)  # float16/bfloat16/integers
+        return flat.numpy()
+    if flat.dtype not in (np.float32, np.float64):
+        return flat.astype(np.float32)
+    return flat
+
+
+def _sum_squares(values: np.ndarray, row: int = 128) -> float:
+    """Σ w² of 1-d values. Up to 2**16 elements in float64; larger ones as float32 sums over
+    rows of ``row`` elements (short sums keep the relative error near 1e-10), added in
+    float64 (numpy, single-threaded)."""
     whole = values.size // row * row if values.size > 1 << 16 else 0
     total = 0.0
     if whole:
@@ -204,22 +254,21 @@ def _sum_squares(flat: Any, row: int = 128) -> float:
 
 def frobenius_norm(tensor: Any, chunk: int = 1 << 22) -> float:
     """‖W‖_F of a tensor, in chunks (no float64 copy of a large tensor)."""
-    flat = tensor.detach().reshape(-1)
+    flat = tensor.reshape(-1) if isinstance(tensor, np.ndarray) else tensor.detach().reshape(-1)
+    size = flat.size if isinstance(flat, np.ndarray) else flat.numel()
     total = 0.0
-    for start in range(0, flat.numel(), chunk):
-        total += _sum_squares(flat[start : start + chunk])
+    for start in range(0, size, chunk):
+        total += _sum_squares(_float_values(flat[start : start + chunk]))
     return math.sqrt(total)
 
 
 def _file_norm(path: str, offset: int, nbytes: int, dtype_name: str, chunk: int = 1 << 22) -> float:
     """‖W‖_F of a tensor stored contiguously in a file, streamed through one small buffer:
     neither the tensor nor the file is ever held in memory whole."""
-    import torch
-
-    chunk -= chunk % itemsize(dtype_name)
-    buf = torch.empty(min(chunk, nbytes), dtype=torch.uint8)
-    view = memoryview(buf.numpy().data)
-    dtype = torch_dtype(dtype_name)
+    dtype = stored_dtype(dtype_name)
+    chunk -= chunk % dtype.itemsize
+    buf = np.empty(min(chunk, nbytes), dtype=np.uint8)
+    view = memoryview(buf.data)
     total, done = 0.0, 0
     with open(path, "rb") as fh:
         fh.seek(offset)
@@ -227,7 +276,7 @@ def _file_norm(path: str, offset: int, nbytes: int, dtype_name: str, chunk: int 
             n = min(chunk, nbytes - done)
             if fh.readinto(view[:n]) != n:
                 raise CheckpointError(f"{path} is truncated: a tensor extends past the end")
-            total += _sum_squares(buf[:n].view(dtype))
+            total += _sum_squares(_float_values(widen(buf[:n].view(dtype), dtype_name)))
             done += n
     return math.sqrt(total)
 
