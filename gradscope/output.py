@@ -121,6 +121,7 @@ ROW_NAMES = frozenset(
 # rate_per_layer; simulate layers: grad_norm_mean; summaries: fitted_rate; checkpoints: sigma).
 # The first of these a table has is its headline.
 HEADLINES = ("rate_per_layer", "grad_norm_mean", "fitted_rate", "sigma")
+MIN_WRAPPED_WIDTH = 12  # a text column too wide for the screen wraps, at least this wide
 MAX_KEY_SHARE = 2 / 3  # the repeated row-naming columns take at most this share of the width
 
 
@@ -252,7 +253,7 @@ def _display_tables(
     tables = []
     for i, chunk in enumerate(_pack(_headline_first(shown, keys), keys, compact, width)):
         table = _new_table(title if i == 0 else None)
-        widths = _widen(chunk, compact, natural, width)
+        widths = _widen(chunk, compact, natural, width, keys)
         for col in chunk:
             table.add_column(
                 _header(col, widths[col]),
@@ -320,12 +321,23 @@ def _pack(
 
 
 def _widen(
-    chunk: Sequence[str], compact: dict[str, int], natural: dict[str, int], width: int
+    chunk: Sequence[str],
+    compact: dict[str, int],
+    natural: dict[str, int],
+    width: int,
+    keys: Sequence[str] = (),
 ) -> dict[str, int]:
     """The widths of one part: natural (every header on one line) when the part fits ``width``
-    across so, else compact (headers on at most two lines)."""
+    across so, else compact (headers on at most two lines); a part still too wide (a long text
+    column) narrows its widest column that is not a key, whose text then wraps."""
     fits = 1 + sum(natural[col] + 3 for col in chunk) <= width
-    return {col: (natural if fits else compact)[col] for col in chunk}
+    widths = {col: (natural if fits else compact)[col] for col in chunk}
+    excess = 1 + sum(widths[col] + 3 for col in chunk) - width
+    others = [col for col in chunk if col not in keys]
+    if excess > 0 and others:
+        widest = max(others, key=lambda col: widths[col])
+        widths[widest] = max(widths[widest] - excess, MIN_WRAPPED_WIDTH)
+    return widths
 
 
 def print_table(

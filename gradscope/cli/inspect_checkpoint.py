@@ -18,7 +18,7 @@ def inspect_checkpoint_command(
     sources: Annotated[
         list[str],
         typer.Argument(
-            metavar="PATH_OR_NAME...",
+            metavar="PATH_OR_NAME",
             help="Checkpoints: torch.save files (.pt .pth .ckpt .bin; zip or legacy format), "
             ".safetensors files, sharded directories with an *.index.json, TorchScript "
             "archives, or a torchvision model name (vgg19_bn) found in the local torch hub "
@@ -31,6 +31,7 @@ def inspect_checkpoint_command(
         typer.Option(
             "--key",
             "-k",
+            metavar="KEY",
             help="Where the state dict sits in a checkpoint dict (state_dict, model, ema, "
             "...); found automatically when omitted.",
             show_default=False,
@@ -64,6 +65,7 @@ def inspect_checkpoint_command(
         Path | None,
         typer.Option(
             "--plot",
+            metavar="FIG",
             help="Draw sigma against layer index (log scale, downsamples marked) to FIG "
             "(.png, .svg or .pdf).",
             dir_okay=False,
