@@ -119,7 +119,7 @@ ROW_NAMES = frozenset(
 # The measurement each kind of record is read for: it comes right after the row-naming
 # columns, so it is in the first part of a split table (ratios and checkpoint summaries:
 # rate_per_layer; simulate layers: grad_norm_mean; summaries: fitted_rate; checkpoints: sigma).
-# The first of these a table has is its headline.
+# A table's headline is the first of these, in this order, that it has.
 HEADLINES = ("rate_per_layer", "grad_norm_mean", "fitted_rate", "sigma")
 MIN_WRAPPED_WIDTH = 12  # a text column too wide for the screen wraps, at least this wide
 MAX_KEY_SHARE = 2 / 3  # the repeated row-naming columns take at most this share of the width

@@ -192,8 +192,8 @@ def simulate_command(
         Dtype,
         typer.Option(
             "--dtype",
-            case_sensitive=False,
             help="Precision of the nets.",
+            case_sensitive=False,
             rich_help_panel=_RESOURCES,
         ),
     ] = Dtype.float32,
