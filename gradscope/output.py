@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import math
 import os
@@ -38,40 +39,47 @@ def resolve_format(fmt: Format, is_tty: bool, output: Path | None = None) -> For
     return Format.table if is_tty else Format.csv
 
 
+MISSING = "—"  # a missing value in a table cell: None, NaN or an empty string
+SIGNIFICANT_DIGITS = 6
+
+
 def format_cell(value: Any) -> str:
-    """Display text for a table cell: compact but exact enough to read a trend."""
+    """Display text for a table cell. One rule for every number: ``SIGNIFICANT_DIGITS``
+    significant digits, trailing zeros dropped, exponent form below 1e-4 and from 1e6 (Python's
+    ``g`` format: ``1.21117``, ``1e-05``, ``2.5e+07``); a missing value (None, NaN, empty
+    text) is ``MISSING``. CSV and JSON keep every digit."""
     if value is None:
-        return "—"
+        return MISSING
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
         if math.isnan(value):
-            return "nan"
+            return MISSING
         if math.isinf(value):
             return "inf" if value > 0 else "-inf"
         if value == 0:
             return "0"
-        mag = abs(value)
-        if 1e-4 <= mag < 1e6:
-            return f"{value:.6g}"
-        return f"{value:.4e}"
+        return f"{value:.{SIGNIFICANT_DIGITS}g}"
     if isinstance(value, (list, tuple)):
         return "x".join(str(v) for v in value)
-    return str(value)
+    return str(value) or MISSING
 
 
 def render_table(records: Iterable[Any], title: str | None = None, width: int | None = None) -> str:
-    """A rich table as text (no colour when rendered for a file or a pipe)."""
+    """A rich table as text, every column in one table (no colour when rendered for a file or a
+    pipe); the row-naming columns and the headline measurement come first."""
     from rich.console import Console
-    from rich.table import Table
 
+    records = list(records)
     columns, rows = as_rows(records)
-    table = Table(title=title, show_lines=False, header_style="bold")
-    for col in columns:
-        numeric = _is_numeric_column(rows, col)
-        table.add_column(col, justify="right" if numeric else "left", overflow="fold")
+    numeric = {col: _is_numeric_column(rows, col) for col in columns}
+    keys = _key_columns(columns, rows, numeric, _configuration_columns(records))
+    order = _headline_first(columns, keys)
+    table = _new_table(title)
+    for col in order:
+        table.add_column(col, justify="right" if numeric[col] else "left", overflow="fold")
     for row in rows:
-        table.add_row(*[format_cell(row.get(c)) for c in columns])
+        table.add_row(*[_escape(format_cell(row.get(c))) for c in order])
     console = Console(
         file=io.StringIO(), width=width or 400, color_system=None, force_terminal=False
     )
@@ -87,6 +95,12 @@ def _is_numeric_column(rows: Sequence[Row], col: str) -> bool:
     )
 
 
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
 def render(records: Sequence[Any], fmt: Format, title: str | None = None) -> str:
     if fmt is Format.csv:
         return to_csv(records)
@@ -95,14 +109,116 @@ def render(records: Sequence[Any], fmt: Format, title: str | None = None) -> str
     return render_table(records, title=title)
 
 
-# Numeric columns that name a row rather than measure it: repeated in every part of a split
-# screen table so that rows can be matched across the parts. Each is a configuration or
-# descriptor column of the schema (tests/test_output.py checks), but not every such column is
-# here: a sweep value such as input_std or gain is data to read, not a row's name.
+# Columns that name a row rather than measure it, besides the configuration columns of its
+# record type and text columns: repeated in every part of a split screen table so that rows
+# can be matched across the parts. Each is a configuration or descriptor column of the schema
+# (tests/test_output.py checks); they also name the rows of records read back as plain dicts.
 ROW_NAMES = frozenset(
     {"layer", "index", "step", "depth", "width", "batch", "from_index", "to_index"}
 )
-MAX_KEY_COLUMNS = 4  # at most this many leading columns are repeated in each part
+# The measurement each kind of record is read for: it comes right after the row-naming
+# columns, so it is in the first part of a split table (ratios and checkpoint summaries:
+# rate_per_layer; simulate layers: grad_norm_mean; summaries: fitted_rate; checkpoints: sigma).
+# A table's headline is the first of these, in this order, that it has.
+HEADLINES = ("rate_per_layer", "grad_norm_mean", "fitted_rate", "sigma")
+MIN_WRAPPED_WIDTH = 12  # a text column too wide for the screen wraps, at least this wide
+MAX_KEY_SHARE = 2 / 3  # the repeated row-naming columns take at most this share of the width
+
+
+def _configuration_columns(records: Sequence[Any]) -> frozenset[str]:
+    """The configuration columns of the records' types (see gradscope.schema); none for
+    plain dicts."""
+    from gradscope.schema import Role
+
+    types = {type(r) for r in records if dataclasses.is_dataclass(r) and not isinstance(r, type)}
+    return frozenset(
+        f.name
+        for record_type in types
+        for f in dataclasses.fields(record_type)
+        if f.metadata.get("role") is Role.configuration
+    )
+
+
+def _key_columns(
+    shown: Sequence[str],
+    rows: Sequence[Row],
+    numeric: dict[str, bool],
+    configuration: frozenset[str],
+) -> list[str]:
+    """The leading columns that name a row, repeated in every part of a split table: the
+    configuration columns of the record type (those shown vary between rows), text columns and
+    ``ROW_NAMES``; the first column when none does."""
+
+    def names_rows(col: str) -> bool:  # a yes/no column counts as data
+        if col in configuration or col in ROW_NAMES:
+            return True
+        return not (numeric[col] or any(isinstance(r.get(col), bool) for r in rows))
+
+    keys: list[str] = []
+    for col in shown:
+        if not names_rows(col):
+            break
+        keys.append(col)
+    return keys or list(shown[:1])
+
+
+def _fit_keys(
+    keys: Sequence[str], shown: Sequence[str], widths: dict[str, int], width: int
+) -> list[str]:
+    """The leading ``keys`` that take at most ``MAX_KEY_SHARE`` of ``width`` and leave room
+    beside them for the widest other column (at least the first key)."""
+    others = [widths[col] + 3 for col in shown if col not in keys]
+    room = min(width * MAX_KEY_SHARE, width - 1 - max(others, default=0))
+    fitted: list[str] = []
+    used = 1
+    for col in keys:
+        used += widths[col] + 3
+        if fitted and used > room:
+            break
+        fitted.append(col)
+    return fitted
+
+
+def _headline_first(shown: Sequence[str], keys: Sequence[str]) -> list[str]:
+    """``shown`` with the headline measurement moved to just after the row-naming columns."""
+    rest = [c for c in shown if c not in keys]
+    headline = next((c for name in HEADLINES for c in rest if c == name), None)
+    if headline is not None:
+        rest.remove(headline)
+        rest.insert(0, headline)
+    return [*keys, *rest]
+
+
+def _segments(col: str) -> list[str]:
+    """A column name cut after each underscore, where its header may wrap, except after a
+    single letter (``r_squared``, ``n_layers`` stay whole)."""
+    segments = [""]
+    for part in col.split("_")[:-1]:
+        segments[-1] += part + "_"
+        if len(part) > 1:
+            segments.append("")
+    segments[-1] += col.split("_")[-1]
+    return segments
+
+
+def _header(col: str, width: int) -> str:
+    """The header of ``col`` wrapped to ``width`` at underscores only, never inside a word."""
+    lines = [""]
+    for segment in _segments(col):
+        if lines[-1] and len(lines[-1]) + len(segment) > width:
+            lines.append(segment)
+        else:
+            lines[-1] += segment
+    return "\n".join(lines)
+
+
+def _two_line_width(col: str) -> int:
+    """The narrowest width at which the header of ``col`` takes at most two lines."""
+    segments = _segments(col)
+    return min(
+        max(len("".join(segments[:i])), len("".join(segments[i:])))
+        for i in range(1, len(segments) + 1)
+    )
 
 
 def _display_tables(
@@ -113,34 +229,40 @@ def _display_tables(
     Columns with the same value in every row say nothing row by row: they move to a line
     printed under the tables (``arch=plain, depth=20, ...``, returned second), and columns
     empty in every row are left out. A single record is shown as a two-column field/value
-    table. Columns that do not fit across go to a further table below, which repeats the leading
-    columns that name a row so rows can still be told apart; headers may fold, numbers are never
-    broken.
-    ``--format csv`` or ``json`` keeps every column.
+    table. The columns that name a row come first, then the headline measurement
+    (``HEADLINES``), then the others in record order. Columns that do not fit across go to a
+    further table below, which repeats the columns that name a row so rows can still be told
+    apart. Headers wrap at underscores (``rate_per_``/``layer``), never inside a word; numbers
+    are never broken. ``--format csv`` or ``json`` keeps every column, in record order.
     """
     columns, rows = as_rows(records)
     cells = [{c: format_cell(r.get(c)) for c in columns} for r in rows]
+    numeric = {col: _is_numeric_column(rows, col) for col in columns}
+    configuration = _configuration_columns(records)
     if not rows or not columns:
         return [_new_table(title, columns)], "(no records)"
     if len(rows) == 1:
-        return [_field_table(title, columns, cells[0])], None
+        keys = _key_columns(columns, rows, numeric, configuration)
+        return [_field_table(title, _headline_first(columns, keys), cells[0])], None
     shown, constant = _shown_and_constant(columns, cells)
     caption = ", ".join(f"{c}={cells[0][c]}" for c in constant) or None
-    numeric = {col: _is_numeric_column(rows, col) for col in shown}
-    keys = _key_columns(shown, rows, numeric)
-    widths = {col: max(max(len(cell[col]) for cell in cells), min(len(col), 10)) for col in shown}
+    data = {col: max(len(cell[col]) for cell in cells) for col in shown}
+    natural = {col: max(data[col], len(col)) for col in shown}
+    compact = {col: max(data[col], _two_line_width(col)) for col in shown}
+    keys = _fit_keys(_key_columns(shown, rows, numeric, configuration), shown, compact, width)
     tables = []
-    for i, chunk in enumerate(_pack(shown, keys, widths, width)):
+    for i, chunk in enumerate(_pack(_headline_first(shown, keys), keys, compact, width)):
         table = _new_table(title if i == 0 else None)
+        widths = _widen(chunk, compact, natural, width, keys)
         for col in chunk:
             table.add_column(
-                col,
+                _header(col, widths[col]),
                 justify="right" if numeric[col] else "left",
                 overflow="fold",
-                min_width=max(len(cell[col]) for cell in cells) if numeric[col] else None,
+                width=widths[col],
             )
         for cell in cells:
-            table.add_row(*[cell[c] for c in chunk])
+            table.add_row(*[_escape(cell[c]) for c in chunk])
         tables.append(table)
     return tables, caption
 
@@ -160,8 +282,8 @@ def _field_table(title: str | None, columns: Sequence[str], cells: dict[str, str
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
     for col in columns:
-        if cells[col] != "—":
-            table.add_row(col, cells[col])
+        if cells[col] != MISSING:
+            table.add_row(col, _escape(cells[col]))
     return table
 
 
@@ -170,7 +292,7 @@ def _shown_and_constant(
 ) -> tuple[list[str], list[str]]:
     """The columns to show in the table, and those with one value in every row (the caption);
     columns empty in every row are in neither, unless every column is."""
-    empty = {c for c in columns if all(cell[c] == "—" for cell in cells)}
+    empty = {c for c in columns if all(cell[c] == MISSING for cell in cells)}
     constant = [c for c in columns if c not in empty and len({cell[c] for cell in cells}) == 1]
     shown = [c for c in columns if c not in empty and c not in constant]
     if not shown:  # identical rows: show them whole
@@ -178,22 +300,6 @@ def _shown_and_constant(
     if not shown:  # every column empty in every row
         shown = list(columns)
     return shown, constant
-
-
-def _key_columns(shown: Sequence[str], rows: Sequence[Row], numeric: dict[str, bool]) -> list[str]:
-    """The leading columns that name a row (text, or a layer/index/step number), repeated in
-    every part of a split table; the first column when none does."""
-
-    def names_rows(col: str) -> bool:  # text (a yes/no column counts as data) or a layer number
-        flags = any(isinstance(r.get(col), bool) for r in rows)
-        return not (numeric[col] or flags) or col in ROW_NAMES
-
-    keys: list[str] = []
-    for col in shown:
-        if not names_rows(col) or len(keys) == MAX_KEY_COLUMNS:
-            break
-        keys.append(col)
-    return keys or list(shown[:1])
 
 
 def _pack(
@@ -212,6 +318,26 @@ def _pack(
         chunks[-1].append(col)
         used += need
     return chunks
+
+
+def _widen(
+    chunk: Sequence[str],
+    compact: dict[str, int],
+    natural: dict[str, int],
+    width: int,
+    keys: Sequence[str] = (),
+) -> dict[str, int]:
+    """The widths of one part: natural (every header on one line) when the part fits ``width``
+    across so, else compact (headers on at most two lines); a part still too wide (a long text
+    column) narrows its widest column that is not a key, whose text then wraps."""
+    fits = 1 + sum(natural[col] + 3 for col in chunk) <= width
+    widths = {col: (natural if fits else compact)[col] for col in chunk}
+    excess = 1 + sum(widths[col] + 3 for col in chunk) - width
+    others = [col for col in chunk if col not in keys]
+    if excess > 0 and others:
+        widest = max(others, key=lambda col: widths[col])
+        widths[widest] = max(widths[widest] - excess, MIN_WRAPPED_WIDTH)
+    return widths
 
 
 def print_table(

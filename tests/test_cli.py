@@ -6,9 +6,12 @@ import csv
 import io
 import json
 import math
+import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -181,3 +184,125 @@ def test_main_returns_zero_for_help_and_version() -> None:
             [sys.executable, "-m", "gradscope", *args], capture_output=True, text=True, check=False
         )
         assert proc.returncode == 0 and "gradscope" in proc.stdout
+
+
+# --- help and command-line conventions ------------------------------------------------------
+
+
+def _help(*args: str, columns: int = 80) -> str:
+    result = runner.invoke(app, [*args, "--help"], env={"COLUMNS": str(columns)})
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_short_version_flag() -> None:
+    code, out, _ = run("-V")
+    assert code == 0 and out.strip() == f"gradscope {__version__}"
+
+
+def test_commands_are_listed_in_workflow_order() -> None:
+    text = _help()
+    commands = text[text.index("Commands") :]
+    order = ["ratios", "simulate", "inspect-checkpoint", "plot"]
+    positions = [commands.index(f"│ {name} ") for name in order]
+    assert positions == sorted(positions)
+
+
+@pytest.mark.parametrize(
+    "command", [[], ["ratios"], ["simulate"], ["inspect-checkpoint"], ["plot"]]
+)
+def test_help_shows_no_type_placeholder_for_flags_or_lists(command: list[str]) -> None:
+    text = _help(*command)
+    assert "<bool>" not in text and "<list[" not in text
+
+
+def test_backend_shows_its_choices_and_rejects_others_as_a_usage_error() -> None:
+    assert "<auto|threads|processes>" in _help("simulate")
+    proc = subprocess.run(
+        [sys.executable, "-m", "gradscope", "simulate", "--backend", "fibres"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
+    assert proc.stderr.startswith("Error: Invalid value for '--backend'")
+
+
+def _placeholders(command: Any, ctx: Any) -> list[str]:
+    """What help shows after each option of ``command``: its metavar or its type."""
+    shown = []
+    for param in command.get_params(ctx):
+        placeholder = param.display_type_rich(ctx=ctx)
+        if placeholder:
+            shown.append(placeholder)
+    return shown
+
+
+@pytest.mark.parametrize("name", ["ratios", "simulate", "inspect-checkpoint", "plot"])
+def test_help_at_80_columns_breaks_no_placeholder_and_no_sentence(name: str) -> None:
+    """Placeholders (``<auto|threads|processes>``) are never folded, and a paragraph of help
+    runs on as one sentence: no line ends inside it and starts again on its own line."""
+    import click
+    import typer.main
+
+    group = typer.main.get_command(app)
+    command = group.commands[name]  # type: ignore[attr-defined]
+    with click.Context(command, info_name=name) as ctx:
+        placeholders = _placeholders(command, ctx)
+    text = _help(name)
+    for placeholder in placeholders:
+        assert placeholder in text, placeholder
+    wide = _help(name, columns=400)
+    assert command.help.split("\n\n")[0] in wide  # the first paragraph on one line
+
+
+def test_command_list_shows_each_first_paragraph_as_one_sentence() -> None:
+    text = _help(columns=400)  # wide enough for any paragraph: no line break of the source
+    assert (
+        "Forward and backward variance ratios of activations and operators, and the gradient "
+        "growth per layer they imply behind BatchNorm." in text
+    )
+
+
+def test_shell_completion_is_offered_and_shows_a_script() -> None:
+    text = _help()
+    assert "--install-completion" in text and "--show-completion" in text
+    proc = subprocess.run(
+        [sys.executable, "-m", "gradscope", "--show-completion", "bash"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"},
+    )
+    assert proc.returncode == 0 and "_gradscope_completion" in proc.stdout
+    proc = subprocess.run(
+        [sys.executable, "-m", "gradscope"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={
+            **os.environ,
+            "_GRADSCOPE_COMPLETE": "complete_bash",
+            "COMP_WORDS": "gradscope simulate --backend ",
+            "COMP_CWORD": "3",
+        },
+    )
+    assert proc.stdout.split() == ["auto", "threads", "processes"]
+
+
+def test_ratios_list_has_the_operators_with_their_parameter() -> None:
+    code, out, _ = run("ratios", "--list", "--format", "csv")
+    rows = {r["activation"]: r for r in csv.DictReader(io.StringIO(out))}
+    assert code == 0 and {"maxpool", "batchnorm", "linear", "relu"} <= set(rows)
+    assert rows["maxpool"]["parameter"].startswith("K")
+    assert rows["linear"]["parameter"].startswith("DOUTxDIN")
+    assert "1 − 2/B" in rows["batchnorm"]["definition"]
+    for name in ("maxpool:4", "batchnorm:8", "linear:4x2"):  # each is accepted as listed
+        assert run("ratios", name, "-f", "csv")[0] == 0
+
+
+@pytest.mark.parametrize("name", ["", "ratios", "simulate", "inspect-checkpoint", "plot"])
+def test_help_matches_golden_files(name: str, golden: Callable[[str, str], None]) -> None:
+    args = [name] if name else []
+    text = f"$ gradscope {' '.join([*args, '--help'])}  # 80 columns\n{_help(*args)}"
+    golden(f"help/{name or 'gradscope'}.80.txt", text)

@@ -13,11 +13,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from gradscope.errors import OutputError, RecordsError
 from gradscope.options import Format
-from gradscope.output import emit, format_cell, print_table, resolve_format, write_atomic
+from gradscope.output import (
+    _display_tables,
+    emit,
+    format_cell,
+    print_table,
+    render,
+    resolve_format,
+    write_atomic,
+)
 from gradscope.records import parse_csv, read_records, to_csv, to_json
+from gradscope.schema import RatioRecord
 
 
 @dataclass(frozen=True)
@@ -127,11 +137,27 @@ def test_emit_to_stdout_and_file(tmp_path: Path) -> None:
     assert "name" in text and "1.21117" in text
 
 
-def test_format_cell() -> None:
-    assert format_cell(None) == "—"
-    assert format_cell(1.2111738962363166) == "1.21117"
-    assert format_cell(1e-9) == "1.0000e-09"
-    assert format_cell(True) == "yes"
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (None, "—"),
+        (math.nan, "—"),
+        ("", "—"),
+        (1.2111738962363166, "1.21117"),
+        (1e-5, "1e-05"),
+        (1e-9, "1e-09"),
+        (1.0773e-14, "1.0773e-14"),
+        (123456.789, "123457"),
+        (2.5e7, "2.5e+07"),
+        (-0.0, "0"),
+        (math.inf, "inf"),
+        (True, "yes"),
+        (7, "7"),
+        ((3, 32, 32), "3x32x32"),
+    ],
+)
+def test_format_cell_one_rule_for_numbers_and_for_missing_values(value: Any, text: str) -> None:
+    assert format_cell(value) == text
 
 
 def _printed(records: list[dict]) -> str:  # not a terminal: 120 columns
@@ -189,6 +215,64 @@ def test_split_screen_table_repeats_the_columns_that_name_a_row() -> None:
     assert all("activation" in part and "layer" in part for part in parts)
 
 
+def test_split_screen_table_repeats_every_configuration_column_that_varies() -> None:
+
+    from gradscope.theory.ratios import ratios
+
+    # relu's ratios do not depend on the input std: without input_std its rows look alike
+    tables, _ = _display_tables(ratios(["gelu", "relu"], input_std=[0.5, 1.0, 2.0]), None, 80)
+    assert len(tables) >= 2
+    for table in tables:
+        names = [str(c.header).replace("\n", "") for c in table.columns]
+        assert names[:2] == ["activation", "input_std"]
+    assert tables[0].columns[2].header.replace("\n", "") == "rate_per_layer"
+
+
+def test_headline_comes_right_after_the_row_names_only_in_tables() -> None:
+    rows = [
+        {"activation": a, "mean_out": 0.5, "forward_ratio": 0.1 * i, "rate_per_layer": 1.0 + i}
+        for i, a in enumerate(("relu", "tanh"))
+    ]
+    header = next(line for line in _printed(rows).splitlines() if "activation" in line)
+    assert header.split() == ["┃", "activation", "┃", "rate_per_layer", "┃", "forward_ratio", "┃"]
+    piped = render(rows, Format.table)
+    assert piped.index("rate_per_layer") < piped.index("mean_out")
+    assert to_csv(rows).startswith("activation,mean_out,forward_ratio,rate_per_layer")
+
+
+@pytest.mark.parametrize(
+    ("column", "width", "header"),
+    [
+        ("rate_per_layer", 9, "rate_per_\nlayer"),
+        ("rate_per_layer", 14, "rate_per_layer"),
+        ("depth_to_1000x", 8, "depth_\nto_1000x"),
+        ("r_squared", 3, "r_squared"),  # never after a single letter
+        ("amplification", 5, "amplification"),  # nor inside a word
+    ],
+)
+def test_headers_wrap_at_underscores_only(column: str, width: int, header: str) -> None:
+    from gradscope.output import _header
+
+    assert _header(column, width) == header
+
+
+@pytest.mark.parametrize("width", [40, 60, 80, 100])
+def test_screen_tables_fit_the_width_and_break_no_header_inside_a_word(width: int) -> None:
+    from gradscope.theory.ratios import ratios
+
+    records = ratios(["relu", "tanh", "maxpool:4"], input_std=[0.5, 1.0])
+    tables, _ = _display_tables(records, "t", width)
+    buf = io.StringIO()
+    console = Console(file=buf, width=width)
+    for table in tables:
+        console.print(table)
+        for column in table.columns:
+            lines = str(column.header).split("\n")
+            assert "".join(lines) in RatioRecord.__dataclass_fields__  # nothing cut or lost
+            assert all(line.endswith("_") for line in lines[:-1])  # each break at an underscore
+    assert max(len(line) for line in buf.getvalue().splitlines()) <= width
+
+
 def test_row_names_are_configuration_or_descriptor_columns_of_the_schema() -> None:
     from gradscope.output import ROW_NAMES
     from gradscope.schema import RECORD_TYPES, Role, roles
@@ -211,6 +295,8 @@ def test_row_names_are_configuration_or_descriptor_columns_of_the_schema() -> No
 TABLE_COMMANDS = {
     "ratios-default": ["ratios", "-f", "table"],
     "ratios-relu-tanh-stds": ["ratios", "relu", "tanh", "--input-std", "0.5,1,2", "-f", "table"],
+    "ratios-gelu-relu-stds": ["ratios", "gelu", "relu", "--input-std", "0.5,1,2", "-f", "table"],
+    "ratios-list": ["ratios", "--list", "-f", "table"],
     "simulate": ["simulate", "--depth", "6", "--repeats", "16", "--seed", "0", "-f", "table"],
     "simulate-summary": [
         "simulate",
@@ -221,6 +307,23 @@ TABLE_COMMANDS = {
         "--seed",
         "0",
         "--summary",
+        "-f",
+        "table",
+    ],  # fmt: skip
+    "simulate-sweep": [
+        "simulate",
+        "--activation",
+        "relu,tanh",
+        "--norm",
+        "batchnorm,none",
+        "--depth",
+        "3",
+        "--width",
+        "32",
+        "--repeats",
+        "4",
+        "--seed",
+        "0",
         "-f",
         "table",
     ],  # fmt: skip

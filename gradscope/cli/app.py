@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
 from gradscope._version import __version__
-from gradscope.cli.common import user_errors
+from gradscope.cli.common import Command, Group, help_text, user_errors
 from gradscope.cli.inspect_checkpoint import inspect_checkpoint_command
 from gradscope.cli.plot import plot_command
 from gradscope.cli.ratios import ratios_command
@@ -16,9 +17,9 @@ from gradscope.cli.simulate import simulate_command
 
 app = typer.Typer(
     name="gradscope",
+    cls=Group,
     help="Make exploding and vanishing gradients visible, measurable and predictable.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -34,16 +35,23 @@ def _version(value: bool) -> None:
 def _root(
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+        typer.Option(
+            "--version", "-V", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
     ] = False,
 ) -> None:
     """Make exploding and vanishing gradients visible, measurable and predictable."""
 
 
-app.command("ratios")(user_errors(ratios_command))
-app.command("plot")(user_errors(plot_command))
-app.command("inspect-checkpoint")(user_errors(inspect_checkpoint_command))
-app.command("simulate")(user_errors(simulate_command))
+# In the order of the workflow: theory, measurement, trained checkpoints, figures.
+COMMANDS: dict[str, Callable[..., Any]] = {
+    "ratios": ratios_command,
+    "simulate": simulate_command,
+    "inspect-checkpoint": inspect_checkpoint_command,
+    "plot": plot_command,
+}
+for _name, _command in COMMANDS.items():
+    app.command(_name, cls=Command, help=help_text(_command))(user_errors(_command))
 
 
 def _usage_error(exc: Exception, argv: list[str] | None = None) -> str | None:

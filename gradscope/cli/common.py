@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import sys
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from gradscope.errors import GradscopeError, SpecError
 from gradscope.options import Format
@@ -29,9 +31,55 @@ FormatOpt = Annotated[
 OutputOpt = Annotated[
     Path | None,
     typer.Option(
-        "--output", "-o", help="Write the records to FILE (whole or not at all).", dir_okay=False
+        "--output",
+        "-o",
+        metavar="FILE",
+        help="Write the records to FILE (whole or not at all).",
+        dir_okay=False,
     ),
 ]
+
+
+class _NamedArgument(TyperArgument):
+    """A positional argument whose metavar already says what it takes (``FILE``): help shows
+    no ``<list[str]>`` type beside it."""
+
+    def display_type_rich(self, ctx: Any) -> str | None:
+        return None
+
+
+def _plain_placeholders(params: list[Any]) -> list[Any]:
+    """Parameters as help should show them: a flag takes no value, so it has no placeholder
+    (typer would show ``<bool>``), and an argument with a metavar shows no type."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+        elif type(param) is TyperArgument and param.metavar is not None:
+            param.__class__ = _NamedArgument
+    return params
+
+
+class Command(TyperCommand):
+    """A gradscope command: help without placeholders after flags (see _plain_placeholders)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _plain_placeholders(super().get_params(ctx))
+
+
+class Group(TyperGroup):
+    """The gradscope command group, with the same help conventions as :class:`Command`."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _plain_placeholders(super().get_params(ctx))
+
+
+def help_text(func: Callable[..., Any]) -> str:
+    """A command's docstring as its help: the lines of each paragraph joined, so that help
+    wraps paragraphs at word boundaries to the terminal instead of breaking them where the
+    source does (typer's rich help keeps single line breaks in the command list and in every
+    paragraph after the first)."""
+    paragraphs = inspect.cleandoc(func.__doc__ or "").split("\n\n")
+    return "\n\n".join(" ".join(paragraph.split()) for paragraph in paragraphs)
 
 
 # Engine parameters whose flag is not ``--`` + the name with dashes.

@@ -16,7 +16,7 @@ from gradscope.output import emit
 SourcesArg = Annotated[
     list[str],
     typer.Argument(
-        metavar="PATH_OR_NAME...",
+        metavar="PATH_OR_NAME",
         help="Checkpoints: torch.save files (.pt .pth .ckpt .bin; zip or legacy format), "
         ".safetensors files, sharded directories with an *.index.json, TorchScript "
         "archives; a torchvision model name (vgg19_bn: its ImageNet weights) or an "
@@ -32,6 +32,7 @@ KeyOpt = Annotated[
     typer.Option(
         "--key",
         "-k",
+        metavar="KEY",
         help="Where the state dict sits in a checkpoint dict (state_dict, model, ema, "
         "...); found automatically when omitted.",
         show_default=False,
@@ -69,6 +70,7 @@ PlotOpt = Annotated[
     Path | None,
     typer.Option(
         "--plot",
+        metavar="FIG",
         help="Draw sigma against layer index (log scale, downsamples marked) to FIG "
         "(.png, .svg or .pdf).",
         dir_okay=False,

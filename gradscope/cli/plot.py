@@ -40,6 +40,7 @@ def plot_command(
         typer.Option(
             "--output",
             "-o",
+            metavar="FIG",
             help="Figure file: .png, .svg or .pdf (written whole). "
             "Default: the first input's name with .png.",
             dir_okay=False,
@@ -47,24 +48,40 @@ def plot_command(
     ] = None,  # fmt: skip
     kind: Annotated[
         RecordKind | None,
-        typer.Option(help="Record kind; recognised from the columns when not given."),
+        typer.Option(
+            metavar="KIND",
+            help=f"Record kind: {' | '.join(k.value for k in RecordKind)}; recognised from the "
+            "columns when not given.",
+        ),
     ] = None,
-    x: Annotated[str | None, typer.Option("--x", help="Column on the x axis.")] = None,
-    y: Annotated[str | None, typer.Option("--y", help="Column on the y axis.")] = None,
+    x: Annotated[
+        str | None, typer.Option("--x", metavar="COLUMN", help="Column on the x axis.")
+    ] = None,
+    y: Annotated[
+        str | None, typer.Option("--y", metavar="COLUMN", help="Column on the y axis.")
+    ] = None,
     hue: Annotated[
         str | None,
-        typer.Option("--hue", help="Column(s), comma-separated, that tell the lines apart."),
+        typer.Option(
+            "--hue",
+            metavar="COLUMNS",
+            help="Column(s), comma-separated, that tell the lines apart.",
+        ),
     ] = None,
     logy: Annotated[
         bool | None,
         typer.Option("--logy/--no-logy", help="Log y axis (default: per record kind)."),
     ] = None,
-    title: Annotated[str | None, typer.Option(help="Figure title.")] = None,
+    title: Annotated[str | None, typer.Option(metavar="TEXT", help="Figure title.")] = None,
     size: Annotated[
-        str | None, typer.Option(help="Figure size W,H in inches (default 7,4.5).")
+        str | None, typer.Option(metavar="W,H", help="Figure size in inches (default 7,4.5).")
     ] = None,
-    dpi: Annotated[int | None, typer.Option(help="Dots per inch (default 150).", min=1)] = None,
-    style: Annotated[str | None, typer.Option(help="A matplotlib style name, e.g. ggplot.")] = None,
+    dpi: Annotated[
+        int | None, typer.Option(metavar="DPI", help="Dots per inch (default 150).", min=1)
+    ] = None,
+    style: Annotated[
+        str | None, typer.Option(metavar="NAME", help="A matplotlib style name, e.g. ggplot.")
+    ] = None,
     reverse_x: Annotated[
         bool, typer.Option("--reverse-x", help="Draw the x axis from right to left.")
     ] = False,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -16,7 +16,7 @@ def ratios_command(
     operators: Annotated[
         list[str] | None,
         typer.Argument(
-            metavar="[ACTIVATION|OPERATOR]...",
+            metavar="ACTIVATION|OPERATOR",
             help="Activations (relu, leaky_relu:0.2, elu:0.5, softplus:2, ...) or operators "
             "(maxpool:4, batchnorm:128, linear:512x256). Default: the common activations, "
             "sorted by rate.",
@@ -28,6 +28,7 @@ def ratios_command(
         typer.Option(
             "--expr",
             "-e",
+            metavar="EXPR",
             help="Your own activation as an expression in x, "
             "e.g. 'x*tanh(log(1+exp(x)))' (repeatable; needs SymPy).",
             show_default=False,
@@ -38,6 +39,7 @@ def ratios_command(
         typer.Option(
             "--input-std",
             "-s",
+            metavar="STDS",
             help="Std of the Gaussian input: 1, a list 0.5,1,2 "
             "or a log range start:stop:count (0.25:4:16).",
         ),
@@ -49,7 +51,10 @@ def ratios_command(
         LinearInit, typer.Option("--init", help="Initialisation for linear:DOUTxDIN rows.")
     ] = LinearInit.he,
     list_activations: Annotated[
-        bool, typer.Option("--list", help="List the built-in activations and exit.")
+        bool,
+        typer.Option(
+            "--list", help="List the built-in activations and operators, with their parameters."
+        ),
     ] = False,
     fmt: FormatOpt = Format.auto,
     output: OutputOpt = None,
@@ -60,23 +65,40 @@ def ratios_command(
     Example: gradscope ratios relu tanh selu --input-std 0.5,1,2
     """
     if list_activations:
-        from gradscope.activations import ACTIVATIONS
-
-        rows = [
-            {
-                "activation": a.name,
-                "aliases": ",".join(a.aliases) or None,
-                "parameter": a.param_name,
-                "default": a.default_param,
-                "closed_form": a.pieces is not None,
-                "definition": a.description,
-            }
-            for a in ACTIVATIONS.values()
-        ]
-        emit(rows, fmt, output)
+        emit(_listing(), fmt, output)
         return
     stds = parse_input_std(input_std)
     records = ratios(
         operators or (), expressions=expr or (), input_std=stds, depth=depth, init=init
     )
     emit(records, fmt, output, title=f"scaling ratios (depth {depth} for amplification)")
+
+
+def _listing() -> list[dict[str, Any]]:
+    """``--list``: the built-in activations, then the operators, with their parameters."""
+    from gradscope.activations import ACTIVATIONS
+    from gradscope.theory.ratios import OPERATORS
+
+    activations = [
+        {
+            "activation": a.name,
+            "aliases": ",".join(a.aliases) or None,
+            "parameter": a.param_name,
+            "default": a.default_param,
+            "closed_form": a.pieces is not None,
+            "definition": a.description,
+        }
+        for a in ACTIVATIONS.values()
+    ]
+    operators = [
+        {
+            "activation": o.name,
+            "aliases": None,
+            "parameter": o.parameter,
+            "default": None,
+            "closed_form": o.closed_form,
+            "definition": o.definition,
+        }
+        for o in OPERATORS
+    ]
+    return activations + operators

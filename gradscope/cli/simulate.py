@@ -27,6 +27,7 @@ from gradscope.cli.progress import Progress
 from gradscope.errors import SpecError
 from gradscope.options import (
     Arch,
+    Backend,
     Device,
     Dtype,
     Format,
@@ -87,6 +88,9 @@ def _int_list(text: str, what: str) -> list[int]:
     return out
 
 
+_RESOURCES = "Resources"
+
+
 def simulate_command(
     ctx: typer.Context,
     arch: Annotated[
@@ -99,8 +103,8 @@ def simulate_command(
             "--activation",
             "-a",
             metavar="LIST",
-            help="Any activation of `gradscope ratios --list`, with its parameter "
-            "(leaky_relu:0.2); a comma list sweeps.",
+            help="An activation of `gradscope ratios --list` (not an operator), with its "
+            "parameter (leaky_relu:0.2); a comma list sweeps.",
         ),
     ] = "relu",
     norm: Annotated[
@@ -131,7 +135,9 @@ def simulate_command(
         ResidualScale,
         typer.Option(
             "--residual-scale",
-            help="resnet branch: none, scaled by 1/sqrt(blocks), or zero γ of its last norm.",
+            metavar="SCALE",
+            help=f"{_choices(ResidualScale)}: the resnet branch as is, scaled by "
+            "1/sqrt(blocks), or with a zero γ in its last norm.",
             case_sensitive=False,
         ),
     ] = ResidualScale.none,
@@ -140,14 +146,16 @@ def simulate_command(
         typer.Option(
             "--norm-position",
             metavar="LIST",
-            help=f"{_choices(NormPosition)}, or a comma list: resnet blocks x + norm(…) (post, "
-            "the paper's) or x + W2·g(norm(W1·g(norm(x)))) (pre).",
+            help=f"{_choices(NormPosition)}, or a comma list: where resnet blocks normalise, "
+            "after each weight layer (post, the paper's) or at the start of each branch "
+            "layer (pre).",
         ),
     ] = "post",
     image_size: Annotated[
         int | None,
         typer.Option(
             "--image-size",
+            metavar="N",
             help="plain-conv/resnet-conv: input images are N×N (default 32).",
             show_default=False,
         ),
@@ -156,6 +164,7 @@ def simulate_command(
         int | None,
         typer.Option(
             "--pool-every",
+            metavar="K",
             help="plain-conv/resnet-conv: a 2×2 max-pool after every K-th layer.",
             show_default=False,
         ),
@@ -179,37 +188,53 @@ def simulate_command(
             "at the start and every 10 s (for logs and batch jobs); none.",
         ),
     ] = ProgressMode.auto,
-    dtype: Annotated[Dtype, typer.Option("--dtype", case_sensitive=False)] = Dtype.float32,
+    dtype: Annotated[
+        Dtype,
+        typer.Option(
+            "--dtype",
+            help="Precision of the nets.",
+            case_sensitive=False,
+            rich_help_panel=_RESOURCES,
+        ),
+    ] = Dtype.float32,
     device: Annotated[
-        Device, typer.Option("--device", help="auto picks CUDA when present.")
+        Device,
+        typer.Option("--device", help="auto picks CUDA when present.", rich_help_panel=_RESOURCES),
     ] = Device.auto,
     max_memory: Annotated[
         str | None,
         typer.Option(
             "--max-memory",
+            metavar="SIZE",
             help="Refuse to start above this estimate (4GiB, 500MB). Default: half the free RAM.",
             show_default=False,
+            rich_help_panel=_RESOURCES,
         ),
     ] = None,
     backend: Annotated[
-        str,
+        Backend,
         typer.Option(
             "--backend",
+            case_sensitive=False,
             help="CPU workers: auto (processes for long jobs), processes or threads.",
+            rich_help_panel=_RESOURCES,
         ),
-    ] = "auto",
+    ] = Backend.auto,
     workers: Annotated[
         int | None,
         typer.Option(
             "--workers",
+            metavar="N",
             help="CPU threads running repeats. Default: one per core.",
             show_default=False,
+            rich_help_panel=_RESOURCES,
         ),
     ] = None,
     model: Annotated[
         str | None,
         typer.Option(
             "--model",
+            metavar="FACTORY",
             help="Your own model instead of the synthetic nets: FILE.py:FUNCTION, "
             "MODULE:FUNCTION or torchvision:NAME (runs that code, as an import would).",
             show_default=False,
@@ -220,6 +245,7 @@ def simulate_command(
         list[str] | None,
         typer.Option(
             "--model-arg",
+            metavar="KEY=VALUE",
             help="key=value passed to the model factory (a Python literal; repeatable).",
             show_default=False,
             rich_help_panel="Your own model",
@@ -229,6 +255,7 @@ def simulate_command(
         str | None,
         typer.Option(
             "--input-shape",
+            metavar="SHAPE",
             help="Shape of one input sample for --model, e.g. 3,32,32 (the batch is --batch).",
             show_default=False,
             rich_help_panel="Your own model",
@@ -257,8 +284,9 @@ def simulate_command(
         Task,
         typer.Option(
             "--task",
+            metavar="TASK",
             case_sensitive=False,
-            help="Synthetic task to train on.",
+            help=f"Synthetic task to train on: {_choices(Task)}.",
             rich_help_panel="Training",
         ),
     ] = Task.teacher,
@@ -311,6 +339,7 @@ def simulate_command(
         Path | None,
         typer.Option(
             "--save-checkpoint",
+            metavar="FILE",
             help="Write repeat 0's trained state dict here (readable by inspect-checkpoint).",
             dir_okay=False,
             show_default=False,
@@ -321,6 +350,7 @@ def simulate_command(
         Path | None,
         typer.Option(
             "--growth",
+            metavar="FILE",
             help="Write the per-layer weight-norm growth check (measured "
             "vs predicted) to this file (.csv/.json/.txt).",
             dir_okay=False,
@@ -336,6 +366,7 @@ def simulate_command(
         Path | None,
         typer.Option(
             "--plot",
+            metavar="FIG",
             help="Also draw the records to this figure (.png/.svg/.pdf).",
             dir_okay=False,
             show_default=False,

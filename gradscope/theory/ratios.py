@@ -290,6 +290,38 @@ def linear_ratios(
 _LINEAR = re.compile(r"^linear:(\d+)x(\d+)$")
 
 
+@dataclass(frozen=True)
+class Operator:
+    """An operator ``ratios`` accepts besides the activations, as ``name:parameter``."""
+
+    name: str
+    parameter: str
+    closed_form: bool
+    definition: str
+
+
+OPERATORS = (
+    Operator(
+        "maxpool",
+        "K (window size)",
+        False,
+        "max of K iid inputs (4: a 2×2 window); R_b = 1/K",
+    ),
+    Operator(
+        "batchnorm",
+        "B (batch size)",
+        True,
+        "training-mode BatchNorm over B: R_f = 1/σ², R_b = (1 − 2/B)/σ²",
+    ),
+    Operator(
+        "linear",
+        "DOUTxDIN (shape)",
+        True,
+        "y = Wx, DOUT×DIN W from --init: R_f = DIN·σ_w², R_b = DOUT·σ_w²",
+    ),
+)
+
+
 def operator_ratios(
     name: str, input_std: float = 1.0, depth: int = 20, init: LinearInit = LinearInit.he
 ) -> RatioRecord:
