@@ -199,3 +199,30 @@ def test_batch_two_with_batchnorm_is_warned_about() -> None:
     assert "Warning: with --batch 2, BatchNorm maps every unit to ±1" in res.stderr
     res = run("--batch", "4", "--depth", "3", "--width", "8", "--repeats", "2", "-f", "csv")
     assert "--batch 2" not in res.stderr
+
+
+def test_ctrl_c_in_a_pipe_to_plot_keeps_the_partial_records(tmp_path: Path) -> None:
+    """`simulate | plot -` and one Ctrl-C, which the terminal sends to both: simulate writes
+    the repeats it finished and exits 130; plot draws them and exits 130 too."""
+    figure = tmp_path / "x.png"
+    script = (
+        f"{sys.executable} -m gradscope simulate --depth 6 --width 32 --repeats 1000000 "
+        f"--progress log -f csv 2>{tmp_path / 'sim.err'} | "
+        f"{sys.executable} -m gradscope plot - -o {figure} 2>{tmp_path / 'plot.err'}; "
+        "echo ${PIPESTATUS[0]} ${PIPESTATUS[1]} >" + str(tmp_path / "codes")
+    )
+    proc = subprocess.Popen(["bash", "-c", script], start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        text = (tmp_path / "sim.err").read_text() if (tmp_path / "sim.err").exists() else ""
+        if re.search(r"simulate: [1-9]\d*/1000000", text):
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("no progress line within 120 s")
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal does: the whole foreground group
+    proc.wait(timeout=60)
+    assert (tmp_path / "codes").read_text().split() == ["130", "130"]
+    plot_err = (tmp_path / "plot.err").read_text()
+    assert "interrupted: drawing the" in plot_err and "Traceback" not in plot_err
+    assert figure.stat().st_size > 10_000

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -10,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from gradscope.cli.common import note, warn
+from gradscope.cli.common import error, note, warn
 from gradscope.errors import PlotWarning, RecordsError, SpecError
 from gradscope.options import RecordKind
 from gradscope.records import Row, read_records
@@ -105,7 +107,16 @@ def plot_command(
     """
     from gradscope.plot.write import default_output, figure_format
 
-    rows = _read_all(files)
+    with _first_interrupt_deferred("-" in files) as interrupted:
+        try:
+            rows = _read_all(files)
+        except RecordsError:
+            if not interrupted:
+                raise
+            error("interrupted before any record arrived: nothing to draw")
+            raise typer.Exit(130) from None
+    if interrupted:
+        warn(f"interrupted: drawing the {len(rows)} records that arrived before the input closed")
     figure_size = _parse_size(size) if size is not None else None
     options: dict[str, Any] = dict(kind=kind, x=x, y=y, hue=hue, logy=logy, title=title)
     if output is not None:
@@ -121,6 +132,31 @@ def plot_command(
     plot_to_file(
         rows, output, size=figure_size, dpi=dpi, style=style, reverse_x=reverse_x, **options
     )
+    if interrupted:
+        raise typer.Exit(130)
+
+
+@contextlib.contextmanager
+def _first_interrupt_deferred(from_pipe: bool) -> Iterator[list[bool]]:
+    """While records come from a pipe, the first Ctrl-C does not stop plot. The terminal sends
+    it to the producer too (``gradscope simulate … | gradscope plot -``), which then writes
+    what it finished and closes the pipe: plot draws that and exits 130. A second Ctrl-C
+    stops at once. The yielded list holds True once a Ctrl-C came."""
+    interrupted: list[bool] = []
+    if not from_pipe or threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted.append(True)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _preview(rows: list[Row], **options: Any) -> None:
