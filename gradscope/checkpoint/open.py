@@ -38,6 +38,7 @@ import numpy as np
 
 from gradscope.checkpoint.remote import fetch_source
 from gradscope.checkpoint.table import (
+    TENSOR_DTYPES,
     LazyTensor,
     Locate,
     StorageRef,
@@ -412,6 +413,10 @@ _STORAGE_DTYPES = {
 }
 
 
+class _DtypeName(str):
+    """A torch dtype named in a pickle (``torch.float8_e5m2``), kept as its name."""
+
+
 def _rebuild_parameter(data: Any, *_: Any) -> Any:
     return data
 
@@ -445,6 +450,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return _rebuild_parameter
         if module == "torch" and name in _STORAGE_DTYPES:
             return _STORAGE_DTYPES[name]
+        if module == "torch.storage" and name == "UntypedStorage":
+            return "uint8"  # bytes: _rebuild_tensor_v3 says which dtype they hold
+        if module == "torch" and name in TENSOR_DTYPES:
+            return _DtypeName(name)
+        if module == "torch._utils" and name == "_rebuild_tensor_v3":
+            return self._rebuild_tensor_v3
         if module == "collections" and name == "OrderedDict":
             return _ordered_dict
         if module == "torch.jit._pickle" and name.startswith("build_"):
@@ -467,6 +478,17 @@ class _RestrictedUnpickler(pickle.Unpickler):
         ):
             return StorageRef(str(pid[2]), pid[1], int(pid[4]))
         raise _Unsupported(f"persistent id {pid!r:.60}")
+
+    def _rebuild_tensor_v3(
+        self, storage: Any, offset: Any, size: Any, stride: Any, grad: Any, hooks: Any,
+        dtype: Any, *_: Any,
+    ) -> LazyTensor:  # fmt: skip
+        """Newer torch writes dtypes without a typed storage class (float8, ...) as bytes
+        plus the dtype: the storage is re-read as elements of that dtype."""
+        if not isinstance(storage, StorageRef) or not isinstance(dtype, _DtypeName):
+            raise _Unsupported("tensor without a storage")
+        typed = StorageRef(storage.key, str(dtype), storage.numel // itemsize(str(dtype)))
+        return self._rebuild_tensor(typed, offset, size, stride)
 
     def _rebuild_tensor(
         self, storage: Any, offset: Any, size: Any, stride: Any, *_: Any

@@ -47,6 +47,9 @@ _STORED = {
 }  # fmt: skip
 
 
+TENSOR_DTYPES = frozenset(_STORED)
+
+
 def stored_dtype(name: str) -> np.dtype:
     """The numpy dtype holding the bits of the stored dtype called ``name``."""
     try:
