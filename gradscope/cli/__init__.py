@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
-from gradscope.cli.app import app, main
+from typing import Any
+
+from gradscope.cli.root import main
 
 __all__ = ["app", "main"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # the whole app, built on first use (main builds only what it runs)
+        from gradscope.cli import root
+
+        return root.app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,28 +1,29 @@
-"""The Typer app: parses arguments, calls the engine, hands records to output and plot."""
+"""The Typer app: parses arguments, calls the engine, hands records to output and plot.
+
+``main`` builds the app with only the command it runs, so a command pays for its own imports
+and no other's (``gradscope ratios`` never imports the checkpoint readers; ``--help`` imports
+no numpy); ``gradscope.cli.app`` is the whole app, built on first use.
+"""
 
 from __future__ import annotations
 
+import importlib
 import sys
-from collections.abc import Callable
+from collections.abc import Iterable
 from typing import Annotated, Any
 
 import typer
 
 from gradscope._version import __version__
 from gradscope.cli.common import Command, Group, help_text, user_errors
-from gradscope.cli.inspect_checkpoint import inspect_checkpoint_command
-from gradscope.cli.plot import plot_command
-from gradscope.cli.ratios import ratios_command
-from gradscope.cli.simulate import simulate_command
 
-app = typer.Typer(
-    name="gradscope",
-    cls=Group,
-    help="Make exploding and vanishing gradients visible, measurable and predictable.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+# In the order of the workflow: theory, measurement, trained checkpoints, figures.
+COMMANDS = {
+    "ratios": "gradscope.cli.ratios:ratios_command",
+    "simulate": "gradscope.cli.simulate:simulate_command",
+    "inspect-checkpoint": "gradscope.cli.inspect_checkpoint:inspect_checkpoint_command",
+    "plot": "gradscope.cli.plot:plot_command",
+}
 
 
 def _version(value: bool) -> None:
@@ -31,7 +32,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def _root(
     version: Annotated[
         bool,
@@ -43,15 +43,46 @@ def _root(
     """Make exploding and vanishing gradients visible, measurable and predictable."""
 
 
-# In the order of the workflow: theory, measurement, trained checkpoints, figures.
-COMMANDS: dict[str, Callable[..., Any]] = {
-    "ratios": ratios_command,
-    "simulate": simulate_command,
-    "inspect-checkpoint": inspect_checkpoint_command,
-    "plot": plot_command,
-}
-for _name, _command in COMMANDS.items():
-    app.command(_name, cls=Command, help=help_text(_command))(user_errors(_command))
+def build_app(names: Iterable[str] = COMMANDS) -> typer.Typer:
+    """The app with the commands ``names`` (all of them by default), in workflow order."""
+    app = typer.Typer(
+        name="gradscope",
+        cls=Group,
+        help="Make exploding and vanishing gradients visible, measurable and predictable.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    app.callback()(_root)
+    wanted = set(names)
+    for name, target in COMMANDS.items():
+        if name in wanted:
+            module, _, function = target.partition(":")
+            command = getattr(importlib.import_module(module), function)
+            app.command(name, cls=Command, help=help_text(command))(user_errors(command))
+    return app
+
+
+def _command_in(args: list[str]) -> str | None:
+    """The subcommand an argument list runs, when only options for the root come before it."""
+    for arg in args:
+        if arg in COMMANDS:
+            return arg
+        if not arg.startswith("-"):
+            return None
+    return None
+
+
+_FULL_APP: typer.Typer | None = None
+
+
+def __getattr__(name: str) -> Any:
+    global _FULL_APP
+    if name == "app":
+        if _FULL_APP is None:
+            _FULL_APP = build_app()
+        return _FULL_APP
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _usage_error(exc: Exception, argv: list[str] | None = None) -> str | None:
@@ -67,8 +98,7 @@ def _usage_error(exc: Exception, argv: list[str] | None = None) -> str | None:
     path = getattr(ctx, "command_path", None) or "gradscope"
     if path == "gradscope":  # some errors are raised before the subcommand's context exists
         args = sys.argv[1:] if argv is None else argv
-        commands = {c.name for c in app.registered_commands}
-        command = next((a for a in args if a in commands), None)
+        command = next((a for a in args if a in COMMANDS), None)
         if command is not None:
             path = f"gradscope {command}"
     return f"{message.rstrip('.')} (see '{path} --help')."
@@ -78,6 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI: a usage error (an unknown option, a value of the wrong type) is one
     ``Error:`` line on stderr and exit 2, as click's own convention, instead of its framed box;
     a user error is one line and exit 1."""
+    args = sys.argv[1:] if argv is None else argv
+    command = _command_in(args)
+    app = build_app([command] if command is not None else COMMANDS)
     try:
         code = app(args=argv, prog_name="gradscope", standalone_mode=False)
     except Exception as exc:
