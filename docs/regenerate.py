@@ -132,7 +132,7 @@ def render(block: Block, scratch: Path) -> list[str]:
     columns = int(block.options.get("columns", "100"))
     out: list[str] = []
     for command in block.commands:
-        out.append("$ " + command)
+        out.extend(("$ " + command).split("\n"))  # continuation lines stay lines
         printed = run(command, scratch, columns, stderr="stdout" not in block.options)
         if printed:
             out.extend(printed.split("\n"))
