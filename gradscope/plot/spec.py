@@ -85,6 +85,11 @@ class PlotSpec:
     markers: tuple[float, ...] = ()  # vertical lines, e.g. between layers around a downsample
     marker_label: str = ""
     reverse_x: bool = False
+    # Checkpoint figures: x ranges shaded (every other segment between downsamples), points
+    # left out of the fits (drawn grey), and each fitted line (x, y) over its layers.
+    spans: tuple[tuple[float, float], ...] = ()
+    left_out: tuple[tuple[float, float], ...] = ()
+    fits: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
 
     @property
     def x_label(self) -> str:
@@ -164,6 +169,9 @@ def build_spec(
     if logy:
         series, logy = _positive_only(series, y)
     markers = _downsample_markers(kind, x, columns, rows)
+    extras: dict[str, Any] = {}
+    if kind is RecordKind.checkpoint and (x, y) == ("index", "sigma"):
+        series, extras = _checkpoint_extras(series, rows, hue_columns)
     return PlotSpec(
         kind=kind,
         x=x,
@@ -179,6 +187,7 @@ def build_spec(
         markers=markers,
         marker_label="downsample" if markers else "",
         reverse_x=reverse_x,
+        **extras,
     )
 
 
@@ -449,6 +458,45 @@ def _downsample_markers(
             sorted({float(r["index"]) - 0.5 for r in rows if r.get("after_downsample") is True})
         )
     return ()
+
+
+def _checkpoint_extras(
+    series: list[Series], rows: Sequence[Row], hue: Sequence[str]
+) -> tuple[list[Series], dict[str, Any]]:
+    """σ per layer: the layers left out of the fits come off the lines (drawn grey instead),
+    every other segment is shaded (one checkpoint only), and each fit is a line over its
+    layers (from ``sigma_fit``, one per segment and position)."""
+    left = [
+        (float(r["index"]), float(r["sigma"]))
+        for r in rows
+        if r.get("in_fit") is False and _is_number(r.get("sigma")) and r["sigma"] > 0
+    ]
+    if left:
+        out = {x for x, _ in left}
+        series = [
+            dataclasses.replace(s, y=np.where(np.isin(s.x, list(out)), np.nan, s.y))
+            if len(series) == 1
+            else s
+            for s in series
+        ]
+    spans: list[tuple[float, float]] = []
+    if len(unique([r.get("checkpoint") for r in rows])) == 1 and "segment" in rows[0]:
+        bounds: dict[Any, list[float]] = {}
+        for r in rows:
+            bounds.setdefault(r.get("segment"), []).append(float(r["index"]))
+        ranges = sorted((min(v) - 0.5, max(v) + 0.5) for v in bounds.values())
+        spans = ranges[1::2] if len(ranges) > 1 else []
+    lines: dict[tuple[Any, ...], list[tuple[float, float]]] = {}
+    for r in rows:
+        if _is_number(r.get("sigma_fit")):
+            key = tuple(_key(r.get(c)) for c in (*hue, "checkpoint", "segment", "position"))
+            lines.setdefault(key, []).append((float(r["index"]), float(r["sigma_fit"])))
+    fits = tuple(
+        (np.array([p[0] for p in pts]), np.array([p[1] for p in pts]))
+        for pts in (sorted(v) for v in lines.values())
+        if len(pts) > 1
+    )
+    return series, {"spans": tuple(spans), "left_out": tuple(left), "fits": fits}
 
 
 def _format_value(value: Any) -> str:
