@@ -460,7 +460,7 @@ class _Trainer:
         gnorm = gsq.sqrt()
         wnorm = torch.stack(torch._foreach_norm(before))
         sigma = (
-            torch.stack([bn.running_var for bn in self.norms]).mean(dim=1).sqrt()
+            torch.stack([bn.running_var.mean() for bn in self.norms]).sqrt()
             if self.norms
             else torch.full_like(gnorm, math.nan)
         )
