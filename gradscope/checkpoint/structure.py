@@ -42,12 +42,16 @@ from gradscope.errors import SpecError
 
 DOWNSAMPLE_TYPE = re.compile(r"pool|downsampl|pixelunshuffle", re.IGNORECASE)
 
-_RESNET = re.compile(r"^(?P<pre>(?:.*\.)?)layer(?P<stage>\d+)\.(?P<block>\d+)\.(?P<pos>bn\d|downsample\.\d+)$")
+_RESNET = re.compile(
+    r"^(?P<pre>(?:.*\.)?)layer(?P<stage>\d+)\.(?P<block>\d+)\.(?P<pos>bn\d|downsample\.\d+)$"
+)
 _DENSENET = re.compile(
     r"^(?P<pre>(?:.*\.)?)features\.(?:(?P<stem>norm0)|denseblock(?P<stage>\d+)\.denselayer"
     r"(?P<block>\d+)\.norm\.?(?P<n>[12])|transition(?P<tstage>\d+)\.norm|(?P<final>norm5))$"
 )
-_MOBILENET = re.compile(r"^(?P<pre>(?:.*\.)?)features\.(?P<block>\d+)\.(?P<rest>(?:conv\.)?\d+(?:\.1)?)$")
+_MOBILENET = re.compile(
+    r"^(?P<pre>(?:.*\.)?)features\.(?P<block>\d+)\.(?P<rest>(?:conv\.)?\d+(?:\.1)?)$"
+)
 # torchvision's MobileNetV2: strides of its seven groups of equal output channels.
 MOBILENET_V2_STRIDES = (1, 2, 2, 2, 1, 2, 1)
 
@@ -194,17 +198,11 @@ def _resnet(names: list[str]) -> Structure | None:
         block.append(seen[key])
         position.append("shortcut" if pos.startswith("downsample") else pos)
         marks[i] = i > 0 and stage[i] != stage[i - 1]
-    return Structure(
-        "resnet",
+    source = (
         "from the ResNet stage names (stem max-pool before layer1, a stride-2 first block "
-        "from layer2 on)",
-        marks,
-        {0},
-        stage,
-        block,
-        position,
-        blocks=True,
+        "from layer2 on)"
     )
+    return _block_net("resnet", source, marks, stage, block, position)
 
 
 def _densenet(names: list[str]) -> Structure | None:
@@ -237,16 +235,8 @@ def _densenet(names: list[str]) -> Structure | None:
         block.append(b)
         position.append(p)
         last = s
-    return Structure(
-        "densenet",
-        "from the DenseNet names (pool0 after norm0, a pool in every transition)",
-        marks,
-        {0},
-        stage,
-        block,
-        position,
-        blocks=True,
-    )
+    source = "from the DenseNet names (pool0 after norm0, a pool in every transition)"
+    return _block_net("densenet", source, marks, stage, block, position)
 
 
 def _mobilenet_v2(names: list[str], channels: Sequence[int]) -> Structure | None:
@@ -272,7 +262,9 @@ def _mobilenet_v2(names: list[str], channels: Sequence[int]) -> Structure | None
             group_of[b] = group
     known = group == len(MOBILENET_V2_STRIDES)
     firsts = {g: min(b for b, h in group_of.items() if h == g) for g in range(1, group + 1)}
-    strided = {b for g, b in firsts.items() if (MOBILENET_V2_STRIDES[g - 1] == 2 if known else g > 1)}
+    strided = {
+        b for g, b in firsts.items() if (MOBILENET_V2_STRIDES[g - 1] == 2 if known else g > 1)
+    }
     marks: list[bool] = []
     stage: list[str | None] = []
     block: list[int | None] = []
@@ -280,7 +272,7 @@ def _mobilenet_v2(names: list[str], channels: Sequence[int]) -> Structure | None
     for b, members in by_block.items():
         inside = b in group_of
         roles = ["expand", "depthwise", "project"][-len(members) :] if inside else []
-        for k, i in enumerate(members):
+        for k in range(len(members)):
             marks.append(b in strided and k == 0)
             stage.append(f"group{group_of[b]}" if inside else ("stem" if b == 0 else "last"))
             block.append(b if inside else None)
@@ -290,7 +282,20 @@ def _mobilenet_v2(names: list[str], channels: Sequence[int]) -> Structure | None
         if known
         else "from MobileNetV2 names, strides assumed at each change of output channels"
     )
-    return Structure("mobilenet_v2", source, marks, {0}, stage, block, position, blocks=True)
+    return _block_net("mobilenet_v2", source, marks, stage, block, position)
+
+
+def _block_net(
+    layout: str,
+    source: str,
+    marks: list[bool],
+    stage: list[str | None],
+    block: list[int | None],
+    position: list[str | None],
+) -> Structure:
+    """A known block layout: its first BatchNorm follows the stem's convolution on the input,
+    and fits run one series per block position."""
+    return Structure(layout, source, marks, {0}, stage, block, position, blocks=True)
 
 
 def _module_graph(table: TensorTable, names: list[str]) -> Structure | None:
@@ -373,12 +378,10 @@ def _input_layers(table: TensorTable, names: Sequence[str]) -> set[int]:
     """BatchNorms that see the raw input: any before the first weight of two or more
     dimensions, and the first one after it."""
     keys = list(table.entries)
-    first_weight = next(
-        (i for i, k in enumerate(keys) if len(table.entries[k].shape) >= 2), None
-    )
+    first_weight = next((i for i, k in enumerate(keys) if len(table.entries[k].shape) >= 2), None)
     if first_weight is None or not names:
         return {0} if names else set()
-    where = {}
+    where: dict[str, int] = {}
     for i, key in enumerate(keys):
         prefix = key.rsplit(".", 1)[0] if "." in key else ""
         where.setdefault(prefix, i)

@@ -183,7 +183,9 @@ def _fit_record(
     )
 
 
-def _ratio(label: str, scope: str, a: CheckpointRecord, b: CheckpointRecord) -> CheckpointSummaryRecord:
+def _ratio(
+    label: str, scope: str, a: CheckpointRecord, b: CheckpointRecord
+) -> CheckpointSummaryRecord:
     return CheckpointSummaryRecord(
         label, scope, None, a.index, b.index, 2, None, None, None, None, None, None, None,
         b.sigma / a.sigma,
@@ -201,9 +203,13 @@ def _headline(
         across = _Series(
             "all layers", tuple(usable), tuple(-float(r.index) for r in usable), (0,) * len(usable)
         )
-        return across, across.fit(), (
-            "every segment between downsamples holds one fitted layer: this fit runs across "
-            "the downsamples"
+        return (
+            across,
+            across.fit(),
+            (
+                "every segment between downsamples holds one fitted layer: this fit runs across "
+                "the downsamples"
+            ),
         )
     note = "" if fit is not None else _why_no_fit(rows, usable, blocks)
     if fit is not None and fit.groups > 1:
@@ -234,7 +240,9 @@ def fit_checkpoint(rows: Sequence[CheckpointRecord]) -> CheckpointFits:
     summary = [head]
     if blocks:
         for position in dict.fromkeys(r.position for r in usable if r.block is not None):
-            one = _series([r for r in usable if r.position == position], True, f"position {position}")
+            one = _series(
+                [r for r in usable if r.position == position], True, f"position {position}"
+            )
             sub = one.fit()
             if sub is not None:
                 summary.append(_fit_record(label, one, sub, verdict_of(sub), "per block"))
@@ -310,7 +318,9 @@ def sentence(head: CheckpointSummaryRecord, blocks: bool = False) -> str:
         return f"too few layers for a verdict: {why}."
     rate, low, high = head.rate_per_layer, head.rate_ci_low, head.rate_ci_high
     how = {
-        "within segments": " within segments between downsamples" if (head.segments or 1) > 1 else "",
+        "within segments": " within segments between downsamples"
+        if (head.segments or 1) > 1
+        else "",
         "per position": ", per block position within stages",
         "all layers": ", across the downsamples",
     }.get(head.scope, "")

@@ -259,7 +259,8 @@ def build_model(spec: NetSpec, classes: int) -> Any:
             return self.head(cur)
 
         def layer_weights(self) -> list[Any]:
-            return [block.fc.weight for block in self.blocks]
+            blocks: Any = self.blocks
+            return [block.fc.weight for block in blocks]
 
         def batch_norms(self) -> list[Any]:
             return [b.bn for b in self.blocks if isinstance(b.bn, nn.BatchNorm1d)]
@@ -287,7 +288,9 @@ def build_conv_model(spec: NetSpec, classes: int) -> Any:
     layers: list[nn.Module] = []
     for layer in range(1, spec.depth + 1):
         c = ch[layer]
-        layers.append(nn.Conv2d(ch[layer - 1], c, CONV_KERNEL, padding=CONV_KERNEL // 2, bias=False))
+        layers.append(
+            nn.Conv2d(ch[layer - 1], c, CONV_KERNEL, padding=CONV_KERNEL // 2, bias=False)
+        )
         if spec.norm is Norm.batchnorm:
             layers.append(nn.BatchNorm2d(c, eps=NORM_EPS, momentum=BN_MOMENTUM, affine=False))
         elif spec.norm is Norm.layernorm:
@@ -385,7 +388,9 @@ class _Trainer:
             head_inputs=spec.channels[-1],
         )  # fmt: skip
         with torch.no_grad():
-            draw: Any = (draw_conv_repeat if conv else draw_repeat)(spec, seed, repeat, dtype, device)
+            draw: Any = (draw_conv_repeat if conv else draw_repeat)(
+                spec, seed, repeat, dtype, device
+            )
             for i, w in enumerate(self.weights):
                 w.copy_(draw.weights[i])
             model.head.weight.copy_(self.data.head_weight)

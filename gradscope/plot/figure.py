@@ -39,10 +39,10 @@ from gradscope.records import as_rows
 MAX_INLINE_LEGEND = 6  # more legend entries than this go outside the axes
 MAX_MARKED_POINTS = 40  # longer lines are drawn without point markers
 # Checkpoint figures: the layers left out of the fits, and the fitted lines.
-LEFT_OUT_STYLE = dict(
+LEFT_OUT_STYLE: dict[str, Any] = dict(
     linestyle="none", marker="o", markersize=5, color="0.6", markerfacecolor="0.85", zorder=3
 )
-FIT_STYLE = dict(color="0.15", linestyle="--", linewidth=1.2, zorder=4)
+FIT_STYLE: dict[str, Any] = dict(color="0.15", linestyle="--", linewidth=1.2, zorder=4)
 
 
 def draw_figure(
@@ -242,10 +242,10 @@ def _draw_guides(ax: Any, spec: PlotSpec) -> None:
     for start, end in spec.spans:
         ax.axvspan(start, end, color="0.5", alpha=0.09, linewidth=0, zorder=0)
     if spec.left_out:
-        xs, ys = zip(*spec.left_out, strict=True)
-        ax.plot(xs, ys, **LEFT_OUT_STYLE)
-    for xs, ys in spec.fits:
-        ax.plot(xs, ys, **FIT_STYLE)
+        points = np.array(spec.left_out)
+        ax.plot(points[:, 0], points[:, 1], **LEFT_OUT_STYLE)
+    for fit_x, fit_y in spec.fits:
+        ax.plot(fit_x, fit_y, **FIT_STYLE)
 
 
 def _style_entries(spec: PlotSpec) -> list[Any]:
