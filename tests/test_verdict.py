@@ -415,3 +415,20 @@ def test_vgg_layout_matches_bn_layout() -> None:
         if k > 1 and p != bn_layout()[k - 2][3]
     ]
     assert [p - 1 for p in pools] == list(VGG_POOLS_AFTER)
+
+
+def test_figure_spec_shades_segments_greys_the_input_layer_and_draws_each_fit(vgg: Path) -> None:
+    from gradscope.plot.spec import build_spec
+
+    spec = build_spec(inspect_checkpoint(vgg).records)
+    assert spec.left_out == ((1.0, pytest.approx(target_sigma(1, 0), rel=1e-6)),)
+    assert np.isnan(spec.series[0].y[0])  # the input layer is off the line, drawn grey
+    assert spec.spans == ((2.5, 4.5), (8.5, 12.5))  # every other segment
+    assert [tuple(x) for x, _ in spec.fits] == [
+        (3, 4),
+        (5, 6, 7, 8),
+        (9, 10, 11, 12),
+        (13, 14, 15, 16),
+    ]
+    across = build_spec(inspect_checkpoint(vgg, downsample_after=list(range(1, 16))).records)
+    assert [tuple(x) for x, _ in across.fits] == [tuple(range(2, 17))]  # one line across them

@@ -175,7 +175,7 @@ def _fit_record(
         rate_per_layer=fit.rate if fit else None,
         rate_ci_low=fit.ci_low if fit else None,
         rate_ci_high=fit.ci_high if fit else None,
-        ci_method=f"t, {fit.dof} df" if fit and fit.dof >= 1 else None,
+        ci_method=f"t ({fit.dof} df)" if fit and fit.dof >= 1 else None,
         growth_per_layer=fit.rate - 1.0 if fit else None,
         r_squared=fit.r_squared if fit else None,
         sigma_ratio=None,

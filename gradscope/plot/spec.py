@@ -486,17 +486,35 @@ def _checkpoint_extras(
             bounds.setdefault(r.get("segment"), []).append(float(r["index"]))
         ranges = sorted((min(v) - 0.5, max(v) + 0.5) for v in bounds.values())
         spans = ranges[1::2] if len(ranges) > 1 else []
-    lines: dict[tuple[Any, ...], list[tuple[float, float]]] = {}
+    return series, {"spans": tuple(spans), "left_out": tuple(left), "fits": _fit_lines(rows, hue)}
+
+
+def _fit_lines(
+    rows: Sequence[Row], hue: Sequence[str]
+) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """The fitted σ (``sigma_fit``) as lines: one per series and position, broken between
+    segments unless the fit is one line across them (a fit across the downsamples)."""
+    groups: dict[tuple[Any, ...], list[tuple[float, float, Any]]] = {}
     for r in rows:
-        if _is_number(r.get("sigma_fit")):
-            key = tuple(_key(r.get(c)) for c in (*hue, "checkpoint", "segment", "position"))
-            lines.setdefault(key, []).append((float(r["index"]), float(r["sigma_fit"])))
-    fits = tuple(
-        (np.array([p[0] for p in pts]), np.array([p[1] for p in pts]))
-        for pts in (sorted(v) for v in lines.values())
-        if len(pts) > 1
-    )
-    return series, {"spans": tuple(spans), "left_out": tuple(left), "fits": fits}
+        if _is_number(r.get("sigma_fit")) and r["sigma_fit"] > 0:
+            key = tuple(_key(r.get(c)) for c in (*hue, "checkpoint", "position"))
+            point = (float(r["index"]), float(r["sigma_fit"]), _key(r.get("segment")))
+            groups.setdefault(key, []).append(point)
+    lines: list[tuple[np.ndarray, np.ndarray]] = []
+    for points in groups.values():
+        x, logy = np.array([p[0] for p in points]), np.log([p[1] for p in points])
+        straight = len(points) > 2 and np.allclose(
+            np.diff(logy) / np.diff(x), (logy[-1] - logy[0]) / (x[-1] - x[0]), rtol=1e-9, atol=1e-12
+        )
+        parts: dict[Any, list[tuple[float, float, Any]]] = {}
+        for p in points:
+            parts.setdefault(None if straight else p[2], []).append(p)
+        lines.extend(
+            (np.array([p[0] for p in part]), np.array([p[1] for p in part]))
+            for part in parts.values()
+            if len(part) > 1
+        )
+    return tuple(lines)
 
 
 def _format_value(value: Any) -> str:
