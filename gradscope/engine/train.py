@@ -75,6 +75,7 @@ from gradscope.theory.stats import LayerStats, bootstrap_rate_ci, log_linear_rat
 BN_MOMENTUM = 0.1  # PyTorch's BatchNorm1d default: running_var ← 0.9·running_var + 0.1·var
 CLIP_EPS = 1e-6  # as torch.nn.utils.clip_grad_norm_
 PROGRESS_EVERY = 10  # steps between progress callbacks
+MAX_TASK_BYTES = 1 << 30  # a repeat's training set (drawn in float64) may take 1 GiB at most
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,6 +166,11 @@ def make_task_data(
     gen.manual_seed(task_seed(seed, config, width, repeat))
     n, k = config.samples, config.classes
     dim = math.prod(sample_shape) if sample_shape else width
+    if n * dim * 8 > MAX_TASK_BYTES:
+        raise SpecError(
+            f"the training set would hold {n} × {dim} numbers ({n * dim * 8 / 2**30:.1f} GiB in "
+            "float64, per repeat): lower {--samples}, {--width} or {--image_size}"
+        )
     f64 = torch.float64
     x = torch.randn(n, dim, generator=gen, dtype=f64)
     if config.task is Task.teacher:
