@@ -274,7 +274,16 @@ class ModelSummaryRecord(ModelConfig):
 
 @dataclass(frozen=True)
 class CheckpointRecord:
-    """One BatchNorm layer of one checkpoint, in module order."""
+    """One BatchNorm layer of one checkpoint, in module order.
+
+    ``sigma`` = √mean(running_var), the paper's Appendix A; ``sigma_with_eps`` =
+    √mean(running_var + eps), the scale BatchNorm divides by (they differ where running
+    variances come near eps). Where the layer sits: ``after_downsample`` (a downsample lies
+    between the previous layer and this one), ``segment`` (between downsamples, from 1),
+    ``stage``, ``block`` and ``position`` (``bn1``/``bn2``/``bn3``/``shortcut`` in a residual
+    block, ...) where the layout is known. ``in_fit``: the layer takes part in the fits (the
+    input layer does not by default); ``sigma_fit``: σ on the headline fit's line.
+    """
 
     kind: ClassVar[RecordKind] = RecordKind.checkpoint
 
@@ -283,6 +292,7 @@ class CheckpointRecord:
     name: str = descriptor()
     num_features: int = descriptor()
     sigma: float = measurement()
+    sigma_with_eps: float = measurement()
     running_var_min: float = measurement()
     running_var_max: float = measurement()
     running_mean_mean: float | None = measurement()
@@ -290,33 +300,57 @@ class CheckpointRecord:
     beta_mean: float | None = measurement()
     eps: float = measurement()
     effective_gain: float = measurement()
+    num_batches_tracked: int | None = measurement()
     weight_name: str | None = descriptor()
     weight_shape: tuple[int, ...] | None = descriptor()
     weight_fro: float | None = measurement()
     forward_ratio: float | None = measurement()
     backward_ratio: float | None = measurement()
     after_downsample: bool = descriptor()
+    segment: int = descriptor()
+    stage: str | None = descriptor()
+    block: int | None = descriptor()
+    # A configuration column: a residual net's figure draws one series per position.
+    position: str | None = configuration()
+    in_fit: bool = descriptor()
+    sigma_fit: float | None = measurement()
     flags: str = descriptor()
+
+
+# The verdicts of inspect-checkpoint's fits, a fixed vocabulary (docs/checkpoints.md).
+VERDICTS = ("grows-toward-input", "shrinks-toward-input", "flat", "untrained", "too-few-layers")
 
 
 @dataclass(frozen=True)
 class CheckpointSummaryRecord:
-    """A growth fit of sigma from deep to shallow layers (``scope`` ``all``/``segment k``),
-    or one of the largest jumps between consecutive layers (``scope`` ``jump``)."""
+    """A growth fit of sigma from deep to shallow layers, or a σ ratio between two layers.
+
+    Fits (``scope`` ``within segments``, ``per position``, ``all layers``, ``segment k``,
+    ``position p``): log σ against −index (−block for per-position series) by least squares,
+    with one intercept per segment (or stage) where the scope pools several; ``rate_per_layer``
+    = exp(slope), its 95% t-interval (``ci_method``) and R² (within segments when pooled).
+    ``verdict`` comes from the interval (:data:`VERDICTS`). The first record of a checkpoint is
+    the headline fit. Ratios (``scope`` ``downsample``, ``jump``): ``sigma_ratio`` =
+    σ(to_index) / σ(from_index).
+    """
 
     kind: ClassVar[RecordKind | None] = None  # no figure of its own: plotted by --x/--y
 
     checkpoint: str = configuration()
     scope: str = configuration()
+    verdict: str | None = descriptor()
     from_index: int = descriptor()
     to_index: int = descriptor()
     n_layers: int = descriptor()
+    segments: int | None = descriptor()
     rate_per_layer: float | None = measurement()
     rate_ci_low: float | None = measurement()
     rate_ci_high: float | None = measurement()
+    ci_method: str | None = descriptor()
     growth_per_layer: float | None = measurement()
     r_squared: float | None = measurement()
     sigma_ratio: float | None = measurement()
+    note: str = descriptor(default="")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Synthetic checkpoints with torchvision's VGG19-BN key layout, and the CLI helpers the
+"""Synthetic checkpoints with torchvision's VGG19-BN key layout (and torchvision's ResNet,
+DenseNet and MobileNetV2 and timm's ResNet-D layouts, key for key), and the CLI helpers the
 checkpoint tests share.
 
 ``vgg19_bn_state_dict(scale=1)`` has VGG19-BN's exact keys and tensor shapes (about 550 MB of
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -192,3 +194,201 @@ def assert_one_line_error(code: int, out: str, err: str) -> None:
     assert out == ""
     assert err.startswith("Error: ") and err.count("\n") == 1, err
     assert "Traceback" not in err
+
+
+# ---------------------------------------------------------------- other layouts, key for key
+
+
+class _ResBlock(nn.Module):
+    """torchvision's BasicBlock/Bottleneck attribute order (timm's adds parameter-free
+    act/aa/drop_block slots, which leave the keys unchanged). ``shortcut``: ``conv``
+    (torchvision, timm's default: downsample.0 conv, .1 BN) or ``avg`` (timm's avg-down
+    ResNet-D: downsample.0 AvgPool2d, .1 conv, .2 BN)."""
+
+    def __init__(
+        self, cin: int, planes: int, stride: int, bottleneck: bool, shortcut: str | None
+    ) -> None:
+        super().__init__()
+        out = planes * (4 if bottleneck else 1)
+        if bottleneck:
+            self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(planes)
+            self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(planes)
+            self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
+            self.bn3 = nn.BatchNorm2d(out)
+            self.relu = nn.ReLU(inplace=True)
+        else:
+            self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(planes)
+            self.relu = nn.ReLU(inplace=True)
+            self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(planes)
+        if shortcut == "conv":
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, out, 1, stride, bias=False), nn.BatchNorm2d(out)
+            )
+        elif shortcut == "avg":
+            self.downsample = nn.Sequential(
+                nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False)
+                if stride > 1
+                else nn.Identity(),
+                nn.Conv2d(cin, out, 1, bias=False),
+                nn.BatchNorm2d(out),
+            )
+
+
+class ResNetLayout(nn.Module):
+    """torchvision's ResNet (``deep_stem=False, avg_down=False``) or timm's ResNet-D
+    (``resnet50d``: a three-conv stem ``conv1.0..6`` and avg-down shortcuts), channels divided
+    by ``scale``."""
+
+    def __init__(
+        self,
+        layers: tuple[int, ...] = (2, 2, 2, 2),
+        bottleneck: bool = False,
+        deep_stem: bool = False,
+        avg_down: bool = False,
+        scale: int = 16,
+    ) -> None:
+        super().__init__()
+        width = 64 // scale
+        if deep_stem:
+            half = width // 2
+            self.conv1: nn.Module = nn.Sequential(
+                nn.Conv2d(3, half, 3, 2, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(),
+                nn.Conv2d(half, half, 3, 1, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(),
+                nn.Conv2d(half, width, 3, 1, 1, bias=False),
+            )  # fmt: skip
+        else:
+            self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        cin = width
+        for stage, count in enumerate(layers, start=1):
+            planes = width * 2 ** (stage - 1)
+            blocks = []
+            for j in range(count):
+                stride = 2 if stage > 1 and j == 0 else 1
+                out = planes * (4 if bottleneck else 1)
+                needs = j == 0 and (stride != 1 or cin != out)
+                shortcut = ("avg" if avg_down else "conv") if needs else None
+                blocks.append(_ResBlock(cin, planes, stride, bottleneck, shortcut))
+                cin = out
+            setattr(self, f"layer{stage}", nn.Sequential(*blocks))
+        self.fc = nn.Linear(cin, 10)
+
+
+def resnet_sigma(name: str, stage_rate: float = 1.3, seed: int = 0) -> float:
+    """The sigma built into a ResNet BatchNorm: per block position, sigma grows by
+    ``stage_rate`` per block from deep to shallow within a stage, on a per-stage and
+    per-position level, times a little seeded noise (the stem: 5)."""
+    import re as _re
+    import zlib
+
+    m = _re.match(r"layer(\d+)\.(\d+)\.(bn\d|downsample\.\d+)$", name)
+    if m is None:
+        return 5.0
+    stage, block = int(m.group(1)), int(m.group(2))
+    level = {"bn1": 1.0, "bn2": 2.0, "bn3": 0.7}.get(m.group(3), 1.5) * 3.0 / stage
+    gen = torch.Generator().manual_seed(seed + zlib.crc32(name.encode()))
+    noise = 1.0 + 0.02 * float(torch.randn((), generator=gen))
+    return float(level * stage_rate ** (-block) * noise)
+
+
+def with_sigmas(model: nn.Module, sigma: Callable[[str], float], seed: int = 0) -> nn.Module:
+    """Every BatchNorm's running_var set so that sqrt(mean(running_var)) == sigma(name)."""
+    gen = torch.Generator().manual_seed(seed)
+    for name, m in model.named_modules():
+        if isinstance(m, nn.BatchNorm2d):
+            pattern = torch.rand(m.num_features, generator=gen) + 0.5
+            assert m.running_var is not None and m.running_mean is not None
+            m.running_var.copy_(sigma(name) ** 2 * pattern / pattern.mean())
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen))
+            m.num_batches_tracked.fill_(1000)
+    return model
+
+
+class DenseNetLayout(nn.Module):
+    """torchvision's DenseNet key layout (features.conv0/norm0, denseblockK.denselayerJ.
+    norm1/conv1/norm2/conv2, transitionK.norm/conv, norm5), small."""
+
+    def __init__(self, blocks: tuple[int, ...] = (2, 3, 2), growth: int = 4) -> None:
+        super().__init__()
+        f: OrderedDict[str, nn.Module] = OrderedDict()
+        c = 2 * growth
+        f["conv0"] = nn.Conv2d(3, c, 7, 2, 3, bias=False)
+        f["norm0"] = nn.BatchNorm2d(c)
+        f["relu0"] = nn.ReLU(inplace=True)
+        f["pool0"] = nn.MaxPool2d(3, 2, 1)
+        for k, n in enumerate(blocks, start=1):
+            block = nn.Module()
+            for j in range(1, n + 1):
+                layer = nn.Module()
+                layer.norm1 = nn.BatchNorm2d(c)
+                layer.relu1 = nn.ReLU(inplace=True)
+                layer.conv1 = nn.Conv2d(c, 2 * growth, 1, bias=False)
+                layer.norm2 = nn.BatchNorm2d(2 * growth)
+                layer.relu2 = nn.ReLU(inplace=True)
+                layer.conv2 = nn.Conv2d(2 * growth, growth, 3, 1, 1, bias=False)
+                setattr(block, f"denselayer{j}", layer)
+                c += growth
+            f[f"denseblock{k}"] = block
+            if k < len(blocks):
+                f[f"transition{k}"] = nn.Sequential(
+                    OrderedDict(
+                        norm=nn.BatchNorm2d(c), relu=nn.ReLU(inplace=True),
+                        conv=nn.Conv2d(c, c // 2, 1, bias=False), pool=nn.AvgPool2d(2, 2),
+                    )
+                )  # fmt: skip
+                c //= 2
+        f["norm5"] = nn.BatchNorm2d(c)
+        self.features = nn.Sequential(f)
+        self.classifier = nn.Linear(c, 10)
+
+
+def _conv_bn(cin: int, cout: int, stride: int = 1, groups: int = 1, k: int = 3) -> nn.Sequential:
+    """torchvision's Conv2dNormActivation: .0 conv, .1 BatchNorm, .2 ReLU6."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU6(inplace=True),
+    )
+
+
+class _InvertedResidual(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, t: int) -> None:
+        super().__init__()
+        hidden = cin * t
+        layers: list[nn.Module] = [_conv_bn(cin, hidden, k=1)] if t != 1 else []
+        layers += [
+            _conv_bn(hidden, hidden, stride, groups=hidden),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
+        self.conv = nn.Sequential(*layers)
+
+
+# torchvision's MobileNetV2 table (t, c, n, s), channels c here divided to stay small.
+MOBILENET_V2_SETTING = [
+    (1, 4, 1, 1), (2, 6, 2, 2), (2, 8, 3, 2), (2, 10, 4, 2), (2, 12, 3, 1), (2, 14, 3, 2),
+    (2, 16, 1, 1),
+]  # fmt: skip
+
+
+class MobileNetV2Layout(nn.Module):
+    """torchvision's MobileNetV2 key layout (features.0 stem, features.1..17 inverted
+    residual blocks, features.18 last conv), small channels, same strides."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        features: list[nn.Module] = [_conv_bn(3, 4, 2)]
+        cin = 4
+        for t, c, n, s in MOBILENET_V2_SETTING:
+            for i in range(n):
+                features.append(_InvertedResidual(cin, c, s if i == 0 else 1, t))
+                cin = c
+        features.append(_conv_bn(cin, 32, k=1))
+        self.features = nn.Sequential(*features)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(32, 10))

@@ -183,8 +183,10 @@ def test_norm_position_sweeps_resnets_only() -> None:
          "Error: image size 2 is too small for 3 2×2 max-pools"),
         (["--norm-position", "pre"], "Error: --norm-position pre applies to the resnet archs"),
         (["--norm-position", "middle"], "Error: unknown --norm-position 'middle'"),
+        (["--arch", "resnet-conv", "--train-steps", "2"],
+         "Error: --train-steps does not support --arch resnet-conv yet"),
         (["--arch", "plain-conv", "--train-steps", "2"],
-         "Error: --train-steps does not support --arch plain-conv yet"),
+         "Error: the training set would hold 4096 × 262144 numbers"),
     ],
 )  # fmt: skip
 def test_bad_conv_and_norm_position_options_are_one_line(args: list[str], message: str) -> None:

@@ -325,3 +325,90 @@ def test_training_plot_bad_input() -> None:
         training_figure([{"layer": 1, "grad_norm_mean": 1.0}])
     with pytest.raises(SpecError, match="nope"):
         training_figure([{"step": 0, "layer": 1, "grad_norm_mean": 1.0}], value="nope")
+
+
+# --- conv nets with pools ------------------------------------------------------------------
+
+
+def _conv_spec(**kw: Any) -> Any:
+    base: dict[str, Any] = {
+        "arch": "plain-conv", "activation": "relu", "depth": 6, "width": 3, "batch": 8,
+        "image_size": 8, "pool_every": 2, "double_channels": True,
+    }  # fmt: skip
+    base.update(kw)
+    return build_specs(**base)[0]
+
+
+def test_conv_step0_matches_plain_autograd() -> None:
+    """Conv → BatchNorm2d → ReLU (→ max-pool), global average, head: written independently."""
+    from gradscope.engine.draws import draw_conv_repeat
+
+    spec, config = _conv_spec(), _config(samples=64)
+    res = train(
+        spec, steps=1, repeats=1, seed=SEED, samples=64, dtype="float64", task="gaussian-classes"
+    )
+    draw = draw_conv_repeat(spec, SEED, 0, Dtype.float64)
+    data = make_task_data(
+        config, spec.width, spec.batch, SEED, 0, Dtype.float64,
+        sample_shape=(spec.width, spec.image_size, spec.image_size), head_inputs=spec.channels[-1],
+    )  # fmt: skip
+    convs, layers = [], []
+    for layer, w in enumerate(draw.weights, start=1):
+        conv = nn.Conv2d(w.shape[1], w.shape[0], 3, padding=1, bias=False).double()
+        conv.weight.data.copy_(w)
+        convs.append(conv)
+        layers += [conv, nn.BatchNorm2d(w.shape[0], eps=NORM_EPS, affine=False).double(), nn.ReLU()]
+        if layer in spec.pools_after:
+            layers.append(nn.MaxPool2d(2))
+    body = nn.Sequential(*layers)
+    head = nn.Linear(spec.channels[-1], 10).double()
+    head.weight.data.copy_(data.head_weight)
+    head.bias.data.copy_(data.head_bias)
+    idx = data.order[: spec.batch]
+    loss = F.cross_entropy(head(body(data.x[idx]).mean(dim=(2, 3))), data.y[idx])
+    loss.backward()
+    rows = _at(res.records, 0)
+    np.testing.assert_allclose(
+        [r.grad_norm_mean for r in rows], [float(c.weight.grad.norm()) for c in convs], rtol=1e-10
+    )
+    assert rows[0].loss == pytest.approx(loss.item(), rel=1e-12)
+
+
+def test_conv_training_checkpoint_end_to_end(tmp_path: Any) -> None:
+    """simulate --train-steps on plain-conv, --save-checkpoint, inspect-checkpoint: the pools
+    are read from the layout, sigma is the records' last step, and the headline fit and
+    verdict are those of the records' own sigma."""
+    import csv
+
+    from ckpt_factory import run_cli
+
+    from gradscope.checkpoint import fit_within_groups
+    from gradscope.checkpoint.verdict import verdict_of
+
+    ck, rec = tmp_path / "conv.pt", tmp_path / "records.csv"
+    code, _, err = run_cli(
+        "simulate", "--arch", "plain-conv", "--depth", "9", "--width", "4", "--image-size", "16",
+        "--pool-every", "3", "--batch", "16", "--train-steps", "25", "--record-every", "12",
+        "--repeats", "1", "--samples", "128", "--task", "gaussian-classes",
+        "--save-checkpoint", str(ck), "-o", str(rec),
+    )  # fmt: skip
+    assert code == 0, err
+    last = [r for r in csv.DictReader(rec.open()) if r["step"] == "24"]
+    sigma = [float(r["sigma"]) for r in last]
+    result = inspect_checkpoint(ck)
+    rows = result.records
+    assert [r.name for r in rows] == [f"features.{i}" for i in (1, 4, 7, 11, 14, 17, 21, 24, 27)]
+    assert [r.index - 1 for r in rows if r.after_downsample] == [3, 6]  # --pool-every 3
+    np.testing.assert_allclose([r.sigma for r in rows], sigma, rtol=1e-6)
+    # The records' own sigma, fitted here: layers 2..9, one intercept per segment.
+    segment = [1 + (layer > 3) + (layer > 6) for layer in range(2, 10)]
+    fit = fit_within_groups([-float(i) for i in range(2, 10)], sigma[1:], segment)
+    head = result.summary[0]
+    assert head.rate_per_layer == pytest.approx(fit.rate, rel=1e-5)
+    assert head.verdict == verdict_of(fit)
+    assert f"Verdict: {ck}" not in err  # the verdict is inspect-checkpoint's, not simulate's
+
+
+def test_resnet_conv_training_refused() -> None:
+    with pytest.raises(SpecError, match="resnet-conv"):
+        train(_conv_spec(arch="resnet-conv", double_channels=False), steps=1)

@@ -10,15 +10,21 @@ drops right after each max-pool. :func:`inspect_checkpoint` does that for any ch
   URLs, downloaded once into the torch hub cache; ``hf://`` sources
   (:mod:`~gradscope.checkpoint.hf`).
 - :mod:`~gradscope.checkpoint.table`: the tensors of one checkpoint (read on demand) and norms.
-- :mod:`~gradscope.checkpoint.batchnorm`: BatchNorm layers, their rows and the growth fits.
+- :mod:`~gradscope.checkpoint.batchnorm`: BatchNorm layers and their rows.
+- :mod:`~gradscope.checkpoint.structure`: downsamples, segments, blocks and positions, from the
+  names of known layouts (VGG, torchvision/timm ResNet, DenseNet, MobileNetV2), a module graph,
+  channel changes or ``--downsample-after``; the layer(s) that see the raw input.
+- :mod:`~gradscope.checkpoint.verdict`: the growth fits within segments, their intervals and
+  the verdict.
 - :mod:`~gradscope.checkpoint.inspect`: :func:`inspect_checkpoint`, the public entry.
 """
 
-from gradscope.checkpoint.batchnorm import batchnorm_records, summarize, weight_records
+from gradscope.checkpoint.batchnorm import batchnorm_records, weight_records
 from gradscope.checkpoint.inspect import CheckpointResult, inspect_checkpoint
 from gradscope.checkpoint.open import open_checkpoint
 from gradscope.checkpoint.remote import resolve_model_name
 from gradscope.checkpoint.table import TensorEntry, TensorTable, entry_norm, frobenius_norm
+from gradscope.checkpoint.verdict import fit_checkpoint, fit_within_groups, summarize
 
 __all__ = [
     "CheckpointResult",
@@ -26,6 +32,8 @@ __all__ = [
     "TensorTable",
     "batchnorm_records",
     "entry_norm",
+    "fit_checkpoint",
+    "fit_within_groups",
     "frobenius_norm",
     "inspect_checkpoint",
     "open_checkpoint",

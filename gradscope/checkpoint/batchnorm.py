@@ -1,11 +1,11 @@
-"""BatchNorm layers of a checkpoint's tensor table, their statistics and the growth fits.
+"""BatchNorm layers of a checkpoint's tensor table and their statistics.
 
 The paper's Appendix A: σ = sqrt(mean of ``running_var``) per BatchNorm layer, against the layer
 index, grows from deep to shallow layers and drops right after each downsample. This module
 finds the BatchNorm layers of a :class:`~gradscope.checkpoint.table.TensorTable` (a
-``running_var`` buffer and its siblings), the weight feeding each one and the downsamples
-between them, and fits σ's growth per layer (:func:`summarize`). Only the tensors a row needs
-are read.
+``running_var`` buffer and its siblings), the weight feeding each one, and where each sits
+(:mod:`~gradscope.checkpoint.structure`); :mod:`~gradscope.checkpoint.verdict` fits them. Only
+the tensors a row needs are read.
 """
 
 from __future__ import annotations
@@ -17,12 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gradscope.checkpoint.structure import Structure, recognise
 from gradscope.checkpoint.table import TensorEntry, TensorTable, entry_norm, to_numpy
-from gradscope.schema import CheckpointRecord, CheckpointSummaryRecord, WeightRecord
-from gradscope.theory.stats import fit_log_linear
+from gradscope.schema import CheckpointRecord, WeightRecord
 
 DEFAULT_EPS = 1e-5
-DOWNSAMPLE_TYPE = re.compile(r"pool|downsampl|pixelunshuffle", re.IGNORECASE)
 NORM_WITHOUT_STATS = re.compile(r"(layer_?norm|group_?norm|(^|[._])(ln|gn|norm)\w*$)", re.I)
 
 
@@ -103,53 +102,6 @@ def _feeding_weight(
     return None
 
 
-def _param_free_gap(a: str, b: str, module_prefixes: set[str]) -> tuple[str, int] | None:
-    """Param-free Sequential slots between BatchNorms ``a`` and ``b`` (e.g. ReLU, MaxPool),
-    from the index gap at the first path component where they differ."""
-    pa, pb = a.split("."), b.split(".")
-    for i, (x, y) in enumerate(zip(pa, pb, strict=False)):
-        if x != y:
-            if not (x.isdigit() and y.isdigit()) or int(y) <= int(x):
-                return None
-            parent = ".".join(pa[:i])
-            free = 0
-            for j in range(int(x) + 1, int(y)):
-                slot = f"{parent}.{j}" if parent else str(j)
-                if slot not in module_prefixes:
-                    free += 1
-            return parent, free
-    return None
-
-
-def _after_downsample(table: TensorTable, bns: list[_BatchNorm]) -> list[bool]:
-    names = [b.name for b in bns]
-    if not names:
-        return []
-    if table.modules:
-        bn_set = set(names)
-        seen_bn, pooled = False, False
-        marks: dict[str, bool] = {}
-        for module_name, cls in table.modules:
-            if module_name in bn_set:
-                marks[module_name] = seen_bn and pooled
-                seen_bn, pooled = True, False
-            elif DOWNSAMPLE_TYPE.search(cls):
-                pooled = True
-        return [marks.get(n, False) for n in names]
-    module_prefixes: set[str] = set()
-    for name in table.entries:
-        parts = name.split(".")
-        for i in range(1, len(parts)):
-            module_prefixes.add(".".join(parts[:i]))
-    gaps: list[tuple[str, int] | None] = [None]
-    gaps += [_param_free_gap(a, b, module_prefixes) for a, b in zip(names, names[1:], strict=False)]
-    baseline: dict[str, int] = {}
-    for gap in gaps:
-        if gap is not None:
-            baseline[gap[0]] = min(baseline.get(gap[0], gap[1]), gap[1])
-    return [gap is not None and gap[1] > baseline[gap[0]] for gap in gaps]
-
-
 def _mean_or_none(table: TensorTable, key: str | None) -> float | None:
     if key is None:
         return None
@@ -172,50 +124,101 @@ def _variance_flags(var: np.ndarray, eps: float) -> str:
     return ",".join(flags)
 
 
-def batchnorm_records(table: TensorTable) -> list[CheckpointRecord]:
-    """One record per BatchNorm layer of ``table``, in module order."""
+def _at_init(table: TensorTable, bn: _BatchNorm, var: np.ndarray) -> bool:
+    """Running statistics still at BatchNorm's initial values (variance 1, mean 0)."""
+    if not var.size or not np.all(var == 1.0):
+        return False
+    key = bn.keys.get("running_mean")
+    return key is None or not np.any(to_numpy(table.entries[key].load()))
+
+
+def _count(table: TensorTable, key: str | None) -> int | None:
+    if key is None:
+        return None
+    value = to_numpy(table.entries[key].load())
+    return int(value[0]) if value.size == 1 and math.isfinite(value[0]) else None
+
+
+def batchnorm_records(
+    table: TensorTable,
+    *,
+    eps: float | None = None,
+    downsample_after: Sequence[int] | None = None,
+) -> list[CheckpointRecord]:
+    """One record per BatchNorm layer of ``table``, in module order (see :func:`read_layers`)."""
+    return read_layers(table, eps=eps, downsample_after=downsample_after)[0]
+
+
+def read_layers(
+    table: TensorTable,
+    *,
+    eps: float | None = None,
+    downsample_after: Sequence[int] | None = None,
+) -> tuple[list[CheckpointRecord], Structure]:
+    """One record per BatchNorm layer of ``table``, in module order, and their structure.
+
+    Args:
+        eps: BatchNorm's eps where the checkpoint does not store it (a state dict never
+            does); :data:`DEFAULT_EPS` when None.
+        downsample_after: 1-based indices of the layers a downsample follows, overriding what
+            the checkpoint shows (see :func:`~gradscope.checkpoint.structure.recognise`).
+
+    The input layer(s) get ``in_fit=False``; ``sigma_fit`` is left empty (the fits fill it).
+    """
     bns = find_batchnorms(table)
     bn_names = {b.name for b in bns}
-    downsample = _after_downsample(table, bns)
+    variances = [to_numpy(table.entries[b.keys["running_var"]].load()) for b in bns]
+    where = recognise(table, [b.name for b in bns], [v.size for v in variances], downsample_after)
     records = []
-    for index, (bn, after) in enumerate(zip(bns, downsample, strict=True), start=1):
-        var = to_numpy(table.entries[bn.keys["running_var"]].load())
-        eps = table.eps.get(bn.name, DEFAULT_EPS)
+    for i, (bn, var) in enumerate(zip(bns, variances, strict=True)):
+        layer_eps = table.eps.get(bn.name, DEFAULT_EPS if eps is None else eps)
         gamma = to_numpy(table.entries[bn.keys["weight"]].load()) if "weight" in bn.keys else None
         with np.errstate(invalid="ignore", divide="ignore"):
             mean_var = float(np.mean(var)) if var.size else math.nan
             sigma = math.sqrt(mean_var) if mean_var >= 0 else math.nan
+            sigma_eps = math.sqrt(mean_var + layer_eps) if mean_var + layer_eps >= 0 else math.nan
             scale = np.abs(gamma) if gamma is not None and gamma.shape == var.shape else 1.0
-            gain = float(np.mean(scale / np.sqrt(var + eps))) if var.size else math.nan
+            gain = float(np.mean(scale / np.sqrt(var + layer_eps))) if var.size else math.nan
         weight_name = _feeding_weight(table, bn, int(var.size), bn_names)
         shape = fro = fwd = bwd = None
         if weight_name is not None:
             shape = tuple(table.entries[weight_name].shape)
             fro, fwd, bwd = _norm_and_ratios(table.entries[weight_name])
+        flags = _variance_flags(var, layer_eps)
+        if _at_init(table, bn, var):
+            flags = ",".join(f for f in (flags, "init") if f)
         records.append(
             CheckpointRecord(
                 checkpoint=table.label,
-                index=index,
+                index=i + 1,
                 name=bn.name or "(root)",
                 num_features=int(var.size),
                 sigma=sigma,
+                sigma_with_eps=sigma_eps,
                 running_var_min=float(np.min(var)) if var.size else math.nan,
                 running_var_max=float(np.max(var)) if var.size else math.nan,
                 running_mean_mean=_mean_or_none(table, bn.keys.get("running_mean")),
                 gamma_mean=float(np.mean(gamma)) if gamma is not None else None,
                 beta_mean=_mean_or_none(table, bn.keys.get("bias")),
-                eps=eps,
+                eps=layer_eps,
                 effective_gain=gain,
+                num_batches_tracked=_count(table, bn.keys.get("num_batches_tracked")),
                 weight_name=weight_name,
                 weight_shape=shape,
                 weight_fro=fro,
                 forward_ratio=fwd,
                 backward_ratio=bwd,
-                after_downsample=bool(after),
-                flags=_variance_flags(var, eps),
+                after_downsample=where.after_downsample[i],
+                segment=where.segments[i],
+                stage=where.stage[i],
+                block=where.block[i],
+                position=where.position[i],
+                in_fit=i not in where.input_layers,
+                sigma_fit=None,
+                flags=flags,
             )
         )
-    return records
+    return records, where
 
 
 def _norm_and_ratios(weight: TensorEntry) -> tuple[float, float, float]:
@@ -247,67 +250,6 @@ def weight_records(table: TensorTable) -> list[WeightRecord]:
                 backward_ratio=bwd,
             )
         )
-    return out
-
-
-def _fit_record(
-    label: str, scope: str, rows: Sequence[CheckpointRecord]
-) -> CheckpointSummaryRecord | None:
-    usable = [r for r in rows if math.isfinite(r.sigma) and r.sigma > 0]
-    if len(usable) < 2:
-        return None
-    # x = -index: the rate is the growth per layer from deep to shallow (toward the input).
-    fit = fit_log_linear([-r.index for r in usable], [r.sigma for r in usable])
-    return CheckpointSummaryRecord(
-        checkpoint=label,
-        scope=scope,
-        from_index=rows[0].index,
-        to_index=rows[-1].index,
-        n_layers=fit.n,
-        rate_per_layer=fit.rate,
-        rate_ci_low=fit.ci_low,
-        rate_ci_high=fit.ci_high,
-        growth_per_layer=fit.rate - 1.0,
-        r_squared=fit.r_squared,
-        sigma_ratio=None,
-    )
-
-
-def summarize(records: Sequence[CheckpointRecord], jumps: int = 3) -> list[CheckpointSummaryRecord]:
-    """Fits of sigma's growth per layer from deep to shallow, over the whole net and per
-    segment between downsamples, and the largest jumps between consecutive layers."""
-    out: list[CheckpointSummaryRecord] = []
-    labels: list[str] = []
-    for r in records:
-        if r.checkpoint not in labels:
-            labels.append(r.checkpoint)
-    for label in labels:
-        rows = [r for r in records if r.checkpoint == label]
-        whole = _fit_record(label, "all", rows)
-        if whole:
-            out.append(whole)
-        segments: list[list[CheckpointRecord]] = []
-        for r in rows:
-            if r.after_downsample or not segments:
-                segments.append([])
-            segments[-1].append(r)
-        if len(segments) > 1:
-            for k, seg in enumerate(segments, start=1):
-                rec = _fit_record(label, f"segment {k}", seg)
-                if rec:
-                    out.append(rec)
-        steps = [
-            (b.sigma / a.sigma, a, b)
-            for a, b in zip(rows, rows[1:], strict=False)
-            if math.isfinite(a.sigma) and math.isfinite(b.sigma) and a.sigma > 0 and b.sigma > 0
-        ]
-        steps.sort(key=lambda s: -abs(math.log(s[0])))
-        for ratio, a, b in steps[:jumps]:
-            out.append(
-                CheckpointSummaryRecord(
-                    label, "jump", a.index, b.index, 2, None, None, None, None, None, ratio
-                )
-            )
     return out
 
 

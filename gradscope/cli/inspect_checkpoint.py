@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from gradscope.cli.common import FormatOpt, OutputOpt, check_outputs, note
 from gradscope.cli.plot import plot_to_file
-from gradscope.errors import OutputError
+from gradscope.errors import OutputError, SpecError
 from gradscope.options import Format
 from gradscope.output import emit
 
@@ -61,8 +61,9 @@ SummaryOpt = Annotated[
     bool,
     typer.Option(
         "--summary",
-        help="Output the summary (growth fits per layer from deep to shallow, largest "
-        "jumps) as the records instead of the layers.",
+        help="Output the summary (the headline fit first, with its verdict; fits per "
+        "segment or block position; sigma ratios across downsamples and largest jumps) as "
+        "the records instead of the layers.",
     ),
 ]
 
@@ -71,9 +72,52 @@ PlotOpt = Annotated[
     typer.Option(
         "--plot",
         metavar="FIG",
-        help="Draw sigma against layer index (log scale, downsamples marked) to FIG "
+        help="Draw sigma against layer index (log scale; segments shaded, downsamples "
+        "marked, layers left out of the fits grey, the headline fit dashed) to FIG "
         "(.png, .svg or .pdf).",
         dir_okay=False,
+        show_default=False,
+    ),
+]
+
+LayersOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--layers",
+        metavar="RANGE",
+        help="BatchNorm layers (1-based) the fits use: 2: , 2:6 , :8 (ends included) or "
+        "2,3,5. Default: all but the layer(s) that see the raw input.",
+        show_default=False,
+    ),
+]
+
+IncludeInputOpt = Annotated[
+    bool,
+    typer.Option(
+        "--include-input-layer",
+        help="Let the fits use the BatchNorm layer(s) that see the raw input (the first "
+        "conv's input is data, not a gradient-shaped signal: left out by default).",
+    ),
+]
+
+DownsampleOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--downsample-after",
+        metavar="LIST",
+        help="BatchNorm indices a downsample (pool, strided conv) follows, e.g. 2,4,8, or "
+        "none: for structure the checkpoint cannot show (functional pools). Default: from "
+        "the layout's names, a module graph, or channel changes.",
+        show_default=False,
+    ),
+]
+
+EpsOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--eps",
+        help="BatchNorm eps where the checkpoint does not store it (a state dict never "
+        "does; a saved module does). Default 1e-5.",
         show_default=False,
     ),
 ]
@@ -95,48 +139,67 @@ def inspect_checkpoint_command(
     weights: WeightsOpt = False,
     summary: SummaryOpt = False,
     plot: PlotOpt = None,
+    layers: LayersOpt = None,
+    include_input_layer: IncludeInputOpt = False,
+    downsample_after: DownsampleOpt = None,
+    eps: EpsOpt = None,
     offline: OfflineOpt = False,
     fmt: FormatOpt = Format.auto,
     output: OutputOpt = None,
 ) -> None:
     """BatchNorm running statistics per layer, in module order: sigma = sqrt(mean running_var)
-    grows from deep to shallow layers when gradients explode (the paper's Appendix A).
+    grows from deep to shallow layers when gradients explode (the paper's Appendix A). Fits
+    within segments between downsamples, and a verdict on stderr.
 
     No code from the file runs unless --trust-pickle is given; names and URLs download once.
 
     Example: gradscope inspect-checkpoint vgg19_bn --plot sigma.png
     """
     check_outputs(fmt, output, plot)
+    if eps is not None and not eps >= 0:
+        raise SpecError(f"--eps must be 0 or more, got {eps}")
 
     from gradscope.checkpoint import inspect_checkpoint
+    from gradscope.checkpoint.structure import parse_downsample_after
 
+    after = parse_downsample_after(downsample_after) if downsample_after is not None else None
     result = inspect_checkpoint(
-        sources, key=key, trust_pickle=trust_pickle, weights=weights, offline=offline
-    )
+        sources, key=key, trust_pickle=trust_pickle, weights=weights, offline=offline,
+        eps=eps, layers=layers, include_input_layer=include_input_layer, downsample_after=after,
+    )  # fmt: skip
     for message in result.notes:
         note(message)
+    if not weights:
+        for sentence in result.verdicts:
+            note(f"Verdict: {sentence}")
+    _emit(result, weights, summary, fmt, output)
+    if plot is not None and result.records and not weights:
+        title = "BatchNorm σ per layer"
+        if len(result.summary) and len(result.verdicts) == 1:
+            title += f": {result.summary[0].verdict}"
+        plot_to_file(result.records, plot, title=title)
+    elif plot is not None:
+        note(f"no plot written to {plot}: there are no BatchNorm layers to draw")
+
+
+def _emit(result: Any, weights: bool, summary: bool, fmt: Format, output: Path | None) -> None:
+    """The weights, the summary or the layers (with the summary under them), to stdout or -o."""
     if weights:
         emit(result.weights, fmt, output, title="weights")
+    elif not result.records:
+        if output is not None:
+            raise OutputError(
+                f"nothing to write to {output}: no BatchNorm layers were found "
+                "(--weights lists per-layer weight norms instead)"
+            )
     elif summary:
-        if result.summary:
-            emit(result.summary, fmt, output, title="sigma growth from deep to shallow")
-        else:
-            note("no summary: fewer than two BatchNorm layers with a positive sigma")
-    elif not result.records and output is not None:
-        raise OutputError(
-            f"nothing to write to {output}: no BatchNorm layers were found "
-            "(--weights lists per-layer weight norms instead)"
-        )
-    elif result.records:
+        emit(result.summary, fmt, output, title="sigma growth from deep to shallow")
+    else:
         emit(
             result.records,
             fmt,
             output,
             summary=result.summary,
             title="BatchNorm layers",
-            summary_title="sigma growth per layer from deep to shallow (and largest jumps)",
+            summary_title="sigma growth per layer from deep to shallow (headline fit first)",
         )
-    if plot is not None and result.records and not weights:
-        plot_to_file(result.records, plot)
-    elif plot is not None:
-        note(f"no plot written to {plot}: there are no BatchNorm layers to draw")

@@ -394,7 +394,6 @@ _NET_OPTIONS = {
     "arch", "activation", "norm", "init", "depth", "width", "gain", "residual_scale",
     "norm_position", "image_size", "pool_every", "double_channels",
 }  # fmt: skip
-_CONV_OPTIONS = {"image_size", "pool_every", "double_channels"}
 _TRAIN_OPTIONS = {
     "task", "optimizer", "lr", "momentum", "weight_decay", "clip_grad_norm", "record_every",
     "classes", "samples", "save_checkpoint", "growth",
@@ -426,7 +425,7 @@ def _refuse_unused_options(p: dict[str, Any], given: set[str]) -> None:
             verb = "applies" if len(unused) == 1 else "apply"
             raise SpecError(f"{_flags(unused)} {verb} only with --train-steps")
     else:
-        unused = given & (_SIMULATE_ENGINE_OPTIONS | _CONV_OPTIONS)
+        unused = given & _SIMULATE_ENGINE_OPTIONS
         if unused:
             verb = "is" if len(unused) == 1 else "are"
             raise SpecError(f"{_flags(unused)} {verb} not used by --train-steps")
@@ -468,11 +467,11 @@ def _simulate_request(p: dict[str, Any]) -> SimulateRequest:
 
 def _train_request(p: dict[str, Any]) -> TrainRequest:
     archs = _enum_list(Arch, p["arch"], "arch")
-    conv = [a.value for a in archs if a.is_conv]
+    conv = [a.value for a in archs if a is Arch.resnet_conv]
     positions = _enum_list(NormPosition, p["norm_position"], "norm_position")
     if conv or positions != [NormPosition.post]:
         what = f"--arch {conv[0]}" if conv else "--norm-position pre"
-        raise SpecError(f"--train-steps does not support {what} yet")
+        raise SpecError(f"--train-steps does not support {what} yet (plain-conv trains)")
     config = make_config(
         task=p["task"], optimizer=p["optimizer"], lr=p["lr"], weight_decay=p["weight_decay"],
         clip_grad_norm=p["clip_grad_norm"], steps=p["train_steps"],
@@ -480,7 +479,7 @@ def _train_request(p: dict[str, Any]) -> TrainRequest:
         momentum=p["momentum"],
     )  # fmt: skip
     return TrainRequest(
-        tuple(_build_specs(p, conv=False)), config, repeats=p["repeats"], dtype=p["dtype"],
+        tuple(_build_specs(p, conv=True)), config, repeats=p["repeats"], dtype=p["dtype"],
         device=p["device"], workers=p["workers"], save_checkpoint=p["save_checkpoint"],
     )  # fmt: skip
 

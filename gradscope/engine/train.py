@@ -49,11 +49,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradscope.engine.draws import draw_repeat, torch_dtype
+from gradscope.engine.draws import draw_conv_repeat, draw_repeat, torch_dtype
 from gradscope.engine.layers import activation_forward
 from gradscope.engine.runner import ProgressFn, default_workers, intra_op_threads, resolve_device
 from gradscope.errors import SpecError
-from gradscope.options import Arch, Dtype, Norm, Optimizer, ResidualScale, Task
+from gradscope.options import Arch, Dtype, Norm, NormPosition, Optimizer, ResidualScale, Task
 from gradscope.schema import (
     Result,
     TrainConfigColumns,
@@ -61,12 +61,21 @@ from gradscope.schema import (
     TrainSummary,
     WeightGrowthRecord,
 )
-from gradscope.specs import NORM_EPS, NetSpec, TrainConfig, TrainRequest, check_seed, coerce
+from gradscope.specs import (
+    CONV_KERNEL,
+    NORM_EPS,
+    NetSpec,
+    TrainConfig,
+    TrainRequest,
+    check_seed,
+    coerce,
+)
 from gradscope.theory.stats import LayerStats, bootstrap_rate_ci, log_linear_rate
 
 BN_MOMENTUM = 0.1  # PyTorch's BatchNorm1d default: running_var ← 0.9·running_var + 0.1·var
 CLIP_EPS = 1e-6  # as torch.nn.utils.clip_grad_norm_
 PROGRESS_EVERY = 10  # steps between progress callbacks
+MAX_TASK_BYTES = 1 << 30  # a repeat's training set (drawn in float64) may take 1 GiB at most
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,33 +150,46 @@ def make_task_data(
     repeat: int,
     dtype: Dtype = Dtype.float32,
     device: str = "cpu",
+    sample_shape: tuple[int, ...] | None = None,
+    head_inputs: int | None = None,
 ) -> TaskData:
     """Draw one repeat's task (data, head, minibatch order) from its own generator.
 
     Draws are made in float64 on the CPU and then cast, so float32 and float64 runs train on
-    the same numbers (rounded).
+    the same numbers (rounded). A conv net's samples have ``sample_shape`` (C, S, S): the task
+    is drawn on the flattened sample (the teacher's hidden layer has ``width`` units), and the
+    head sees ``head_inputs`` features (default ``width``).
     """
 
     dtype = coerce(Dtype, dtype, "dtype")
     gen = torch.Generator()
     gen.manual_seed(task_seed(seed, config, width, repeat))
     n, k = config.samples, config.classes
+    dim = math.prod(sample_shape) if sample_shape else width
+    if n * dim * 8 > MAX_TASK_BYTES:
+        raise SpecError(
+            f"the training set would hold {n} × {dim} numbers ({n * dim * 8 / 2**30:.1f} GiB in "
+            "float64, per repeat): lower {--samples}, {--width} or {--image_size}"
+        )
     f64 = torch.float64
-    x = torch.randn(n, width, generator=gen, dtype=f64)
+    x = torch.randn(n, dim, generator=gen, dtype=f64)
     if config.task is Task.teacher:
-        a = torch.randn(width, width, generator=gen, dtype=f64) / math.sqrt(width)
+        a = torch.randn(width, dim, generator=gen, dtype=f64) / math.sqrt(dim)
         b = torch.randn(k, width, generator=gen, dtype=f64) / math.sqrt(width)
         y: torch.Tensor = torch.tanh(x @ a.T) @ b.T
         y = y / y.std()
     elif config.task is Task.gaussian_classes:
-        # Cluster means ~ N(0, 4/width · I): neighbouring means are about 2√2 apart, against
+        # Cluster means ~ N(0, 4/dim · I): neighbouring means are about 2√2 apart, against
         # unit noise, so the classes overlap a little and the task takes some training.
-        means = torch.randn(k, width, generator=gen, dtype=f64) * (2.0 / math.sqrt(width))
+        means = torch.randn(k, dim, generator=gen, dtype=f64) * (2.0 / math.sqrt(dim))
         y = torch.randint(0, k, (n,), generator=gen)
         x = x + means[y]
     else:
         y = torch.randint(0, k, (n,), generator=gen)
-    head_weight = torch.randn(k, width, generator=gen, dtype=f64) / math.sqrt(width)
+    if sample_shape:
+        x = x.reshape(n, *sample_shape)
+    fan_in = head_inputs or width
+    head_weight = torch.randn(k, fan_in, generator=gen, dtype=f64) / math.sqrt(fan_in)
     head_bias = torch.zeros(k, dtype=f64)
     need = config.steps * batch
     perms = [torch.randperm(n, generator=gen) for _ in range(-(-need // n))]
@@ -183,15 +205,32 @@ def make_task_data(
     )
 
 
+class _Activation(nn.Module):
+    """An activation function as a module without parameters (a Sequential slot)."""
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
 def build_model(spec: NetSpec, classes: int) -> Any:
-    """The trainable net: blocks of Linear (no bias) → norm → activation, and a head.
+    """The trainable net: blocks of Linear (no bias) → norm → activation, and a head
+    (plain-conv: :func:`build_conv_model`).
 
     State-dict keys: ``blocks.{i}.fc.weight``, ``blocks.{i}.bn.running_mean|running_var|
     num_batches_tracked`` (BatchNorm1d without affine parameters, γ = 1, β = 0, as
     ``simulate``), ``head.weight``, ``head.bias``. A resnet adds the skip every two layers as
     ``simulate`` does: x_{k+2} = g(norm(W x_{k+1}) · branch_scale + x_k).
+
+    Both nets list their layer weights (``layer_weights``) and BatchNorm modules
+    (``batch_norms``), layer 1 first.
     """
 
+    if spec.arch.is_conv:
+        return build_conv_model(spec, classes)
     act = activation_forward(spec.activation)
 
     class Block(nn.Module):
@@ -225,7 +264,63 @@ def build_model(spec: NetSpec, classes: int) -> Any:
                 prev, cur = cur, act(u)
             return self.head(cur)
 
+        def layer_weights(self) -> list[Any]:
+            blocks: Any = self.blocks
+            return [block.fc.weight for block in blocks]
+
+        def batch_norms(self) -> list[Any]:
+            return [b.bn for b in self.blocks if isinstance(b.bn, nn.BatchNorm1d)]
+
     return TrainNet()
+
+
+def build_conv_model(spec: NetSpec, classes: int) -> Any:
+    """A VGG-like plain conv net: ``features`` is an ``nn.Sequential`` of, per layer, a 3×3
+    convolution (stride 1, padding 1, no bias) → norm (BatchNorm2d without affine
+    parameters, or LayerNorm over (C, H, W) as GroupNorm with one group) → activation, and a
+    2×2 max-pool after every ``pool_every``-th layer (never after the last), as ``simulate``'s
+    plain-conv; the ``head`` is a Linear layer on the global average of the last feature map.
+
+    State-dict keys follow torchvision's VGG layout: ``features.{i}.weight`` (conv),
+    ``features.{i+1}.running_mean|running_var|num_batches_tracked`` (BatchNorm); the
+    activation and pool slots hold no tensors, so ``inspect-checkpoint`` finds the pools from
+    the index gaps. ``head.weight``, ``head.bias``.
+    """
+
+    if spec.arch is not Arch.plain_conv:
+        raise SpecError(f"training supports plain-conv among the conv archs, not {spec.arch.value}")
+    act = activation_forward(spec.activation)
+    ch, pools = spec.channels, set(spec.pools_after)
+    layers: list[nn.Module] = []
+    for layer in range(1, spec.depth + 1):
+        c = ch[layer]
+        layers.append(
+            nn.Conv2d(ch[layer - 1], c, CONV_KERNEL, padding=CONV_KERNEL // 2, bias=False)
+        )
+        if spec.norm is Norm.batchnorm:
+            layers.append(nn.BatchNorm2d(c, eps=NORM_EPS, momentum=BN_MOMENTUM, affine=False))
+        elif spec.norm is Norm.layernorm:
+            layers.append(nn.GroupNorm(1, c, eps=NORM_EPS, affine=False))
+        layers.append(_Activation(act))
+        if layer in pools:
+            layers.append(nn.MaxPool2d(2))
+
+    class ConvTrainNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(*layers)
+            self.head = nn.Linear(ch[-1], classes)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.features(x).mean(dim=(2, 3)))
+
+        def layer_weights(self) -> list[Any]:
+            return [m.weight for m in self.features if isinstance(m, nn.Conv2d)]
+
+        def batch_norms(self) -> list[Any]:
+            return [m for m in self.features if isinstance(m, nn.BatchNorm2d)]
+
+    return ConvTrainNet()
 
 
 def _optimizer(config: TrainConfig, params: list[Any]) -> Any:
@@ -290,11 +385,18 @@ class _Trainer:
         self.config, self.batch = config, spec.batch
         self.tdt = tdt = torch_dtype(dtype)
         self.model = model = build_model(spec, config.classes).to(device=device, dtype=tdt)
-        self.weights = [block.fc.weight for block in model.blocks]
-        self.norms = [block.bn for block in model.blocks] if spec.norm is Norm.batchnorm else []
-        self.data = make_task_data(config, spec.width, spec.batch, seed, repeat, dtype, device)
+        self.weights = model.layer_weights()
+        self.norms = model.batch_norms()
+        conv = spec.arch.is_conv
+        self.data = make_task_data(
+            config, spec.width, spec.batch, seed, repeat, dtype, device,
+            sample_shape=(spec.width, spec.image_size, spec.image_size) if conv else None,
+            head_inputs=spec.channels[-1],
+        )  # fmt: skip
         with torch.no_grad():
-            draw = draw_repeat(spec, seed, repeat, dtype, device)
+            draw: Any = (draw_conv_repeat if conv else draw_repeat)(
+                spec, seed, repeat, dtype, device
+            )
             for i, w in enumerate(self.weights):
                 w.copy_(draw.weights[i])
             model.head.weight.copy_(self.data.head_weight)
@@ -369,7 +471,7 @@ class _Trainer:
         gnorm = gsq.sqrt()
         wnorm = torch.stack(torch._foreach_norm(before))
         sigma = (
-            torch.stack([bn.running_var for bn in self.norms]).mean(dim=1).sqrt()
+            torch.stack([bn.running_var.mean() for bn in self.norms]).sqrt()
             if self.norms
             else torch.full_like(gnorm, math.nan)
         )
@@ -575,6 +677,9 @@ def run(
     """
     check_seed(seed)
     for spec in request.specs:
+        if spec.arch is Arch.resnet_conv or spec.norm_position is not NormPosition.post:
+            what = "resnet-conv" if spec.arch is Arch.resnet_conv else "pre-norm blocks"
+            raise SpecError(f"training does not support {what} yet (plain-conv trains)")
         if spec.residual_scale is ResidualScale.zero_gamma:
             raise SpecError(
                 "{--residual_scale} zero-gamma needs a learnable γ, which the training engine "

@@ -38,6 +38,11 @@ from gradscope.records import as_rows
 
 MAX_INLINE_LEGEND = 6  # more legend entries than this go outside the axes
 MAX_MARKED_POINTS = 40  # longer lines are drawn without point markers
+# Checkpoint figures: the layers left out of the fits, and the fitted lines.
+LEFT_OUT_STYLE: dict[str, Any] = dict(
+    linestyle="none", marker="o", markersize=5, color="0.6", markerfacecolor="0.85", zorder=3
+)
+FIT_STYLE: dict[str, Any] = dict(color="0.15", linestyle="--", linewidth=1.2, zorder=4)
 
 
 def draw_figure(
@@ -228,11 +233,19 @@ def _draw_line(ax: Any, interval: Interval, series: Series, colour: Any, label: 
 
 
 def _draw_guides(ax: Any, spec: PlotSpec) -> None:
-    """Dotted lines at the markers (downsamples), and the no-growth line under bars."""
+    """Dotted lines at the markers (downsamples), the no-growth line under bars, and for
+    checkpoints the shaded segments, the layers left out of the fits and the fitted lines."""
     for position in spec.markers:
         ax.axvline(position, color="0.55", linestyle=":", linewidth=1.1, zorder=0)
     if spec.bars:
         ax.axhline(1.0, color="0.35", linestyle="--", linewidth=1.0, zorder=0)
+    for start, end in spec.spans:
+        ax.axvspan(start, end, color="0.5", alpha=0.09, linewidth=0, zorder=0)
+    if spec.left_out:
+        points = np.array(spec.left_out)
+        ax.plot(points[:, 0], points[:, 1], **LEFT_OUT_STYLE)
+    for fit_x, fit_y in spec.fits:
+        ax.plot(fit_x, fit_y, **FIT_STYLE)
 
 
 def _style_entries(spec: PlotSpec) -> list[Any]:
@@ -258,6 +271,12 @@ def _style_entries(spec: PlotSpec) -> list[Any]:
         entries.append(
             Line2D([], [], color="0.55", linestyle=":", linewidth=1.1, label=spec.marker_label)
         )
+    if spec.spans:
+        entries.append(Patch(facecolor="0.5", alpha=0.18, label="segment between downsamples"))
+    if spec.left_out:
+        entries.append(Line2D([], [], **LEFT_OUT_STYLE, label="left out of the fits"))
+    if spec.fits:
+        entries.append(Line2D([], [], **FIT_STYLE, label="headline fit"))
     if spec.bars:
         entries.append(Line2D([], [], color="0.35", linestyle="--", label="1 (no growth)"))
     return entries

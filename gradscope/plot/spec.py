@@ -85,6 +85,11 @@ class PlotSpec:
     markers: tuple[float, ...] = ()  # vertical lines, e.g. between layers around a downsample
     marker_label: str = ""
     reverse_x: bool = False
+    # Checkpoint figures: x ranges shaded (every other segment between downsamples), points
+    # left out of the fits (drawn grey), and each fitted line (x, y) over its layers.
+    spans: tuple[tuple[float, float], ...] = ()
+    left_out: tuple[tuple[float, float], ...] = ()
+    fits: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
 
     @property
     def x_label(self) -> str:
@@ -164,6 +169,9 @@ def build_spec(
     if logy:
         series, logy = _positive_only(series, y)
     markers = _downsample_markers(kind, x, columns, rows)
+    extras: dict[str, Any] = {}
+    if kind is RecordKind.checkpoint and (x, y) == ("index", "sigma"):
+        series, extras = _checkpoint_extras(series, rows, hue_columns)
     return PlotSpec(
         kind=kind,
         x=x,
@@ -179,6 +187,7 @@ def build_spec(
         markers=markers,
         marker_label="downsample" if markers else "",
         reverse_x=reverse_x,
+        **extras,
     )
 
 
@@ -449,6 +458,63 @@ def _downsample_markers(
             sorted({float(r["index"]) - 0.5 for r in rows if r.get("after_downsample") is True})
         )
     return ()
+
+
+def _checkpoint_extras(
+    series: list[Series], rows: Sequence[Row], hue: Sequence[str]
+) -> tuple[list[Series], dict[str, Any]]:
+    """σ per layer: the layers left out of the fits come off the lines (drawn grey instead),
+    every other segment is shaded (one checkpoint only), and each fit is a line over its
+    layers (from ``sigma_fit``, one per segment and position)."""
+    left = [
+        (float(r["index"]), float(r["sigma"]))
+        for r in rows
+        if r.get("in_fit") is False and _is_number(r.get("sigma")) and r["sigma"] > 0
+    ]
+    if left:
+        out = {x for x, _ in left}
+        series = [
+            dataclasses.replace(s, y=np.where(np.isin(s.x, list(out)), np.nan, s.y))
+            if len(series) == 1
+            else s
+            for s in series
+        ]
+    spans: list[tuple[float, float]] = []
+    if len(unique([r.get("checkpoint") for r in rows])) == 1 and "segment" in rows[0]:
+        bounds: dict[Any, list[float]] = {}
+        for r in rows:
+            bounds.setdefault(r.get("segment"), []).append(float(r["index"]))
+        ranges = sorted((min(v) - 0.5, max(v) + 0.5) for v in bounds.values())
+        spans = ranges[1::2] if len(ranges) > 1 else []
+    return series, {"spans": tuple(spans), "left_out": tuple(left), "fits": _fit_lines(rows, hue)}
+
+
+def _fit_lines(
+    rows: Sequence[Row], hue: Sequence[str]
+) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """The fitted σ (``sigma_fit``) as lines: one per series and position, broken between
+    segments unless the fit is one line across them (a fit across the downsamples)."""
+    groups: dict[tuple[Any, ...], list[tuple[float, float, Any]]] = {}
+    for r in rows:
+        if _is_number(r.get("sigma_fit")) and r["sigma_fit"] > 0:
+            key = tuple(_key(r.get(c)) for c in (*hue, "checkpoint", "position"))
+            point = (float(r["index"]), float(r["sigma_fit"]), _key(r.get("segment")))
+            groups.setdefault(key, []).append(point)
+    lines: list[tuple[np.ndarray, np.ndarray]] = []
+    for points in groups.values():
+        x, logy = np.array([p[0] for p in points]), np.log([p[1] for p in points])
+        straight = len(points) > 2 and np.allclose(
+            np.diff(logy) / np.diff(x), (logy[-1] - logy[0]) / (x[-1] - x[0]), rtol=1e-9, atol=1e-12
+        )
+        parts: dict[Any, list[tuple[float, float, Any]]] = {}
+        for p in points:
+            parts.setdefault(None if straight else p[2], []).append(p)
+        lines.extend(
+            (np.array([p[0] for p in part]), np.array([p[1] for p in part]))
+            for part in parts.values()
+            if len(part) > 1
+        )
+    return tuple(lines)
 
 
 def _format_value(value: Any) -> str:
