@@ -537,16 +537,16 @@ def _replay(p: dict[str, Any], given: set[str]) -> tuple[dict[str, Any], set[str
     """The options of the run a meta file records (``--from-meta``), with the destinations
     and overrides given now; and the options given then and now."""
     source = p["from_meta"]
-    meta = read_meta(source)
-    recorded = typed_options(
-        replay_options(meta, "simulate", source), simulate_command, f"{source}: field options"
-    )
     refused = given - _REPLAY_OVERRIDES
     if refused:
         raise SpecError(
             f"{_flags(refused)} cannot be given with --from-meta, which re-runs the "
             f"configuration {source} records"
         )
+    meta = read_meta(source)
+    recorded = typed_options(
+        replay_options(meta, "simulate", source), simulate_command, f"{source}: field options"
+    )
     then = meta.get("given", [])
     if not isinstance(then, list) or not all(isinstance(n, str) for n in then):
         raise SpecError(f"{source}: field given must be a list of option names")
@@ -619,7 +619,8 @@ def _meta(p: dict[str, Any], given: set[str], result: Any, origin: _Origin) -> d
         prediction_basis=_unique(
             getattr(s, "prediction_basis", None)
             for s in [*result.summary, *getattr(result, "weight_growth", [])]
-        ),
+        )
+        or None,
         options={name: json_safe(p[name]) for name in order if name not in _DESTINATIONS},
         given=sorted(given),
         configurations=_unique(
