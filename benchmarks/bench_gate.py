@@ -10,9 +10,10 @@
   and a long run's repeats on one forked worker per core.
 
 Each is timed on the machine as it is (its load average printed: other users of a shared
-machine count) and beside one more busy process (a CI runner's other job). Then the numbers are compared (after against before with
-one thread: bit-identical), and the gate is timed end to end as CI runs it: the
-``gradscope simulate ... --fail-if-rate-above 1.15`` command, process start included.
+machine count) and beside one more busy process (a CI runner's other job). Then the numbers
+are compared (after against before with one thread: bit-identical), and the gate is timed
+end to end as CI runs it: the ``gradscope simulate ... --fail-if-rate-above 1.15`` command,
+process start included.
 """
 
 from __future__ import annotations
