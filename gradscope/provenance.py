@@ -22,8 +22,10 @@ import importlib.metadata
 import json
 import platform
 import re
+import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -190,20 +192,20 @@ def _module_file(where: str) -> Path | None:
 def checkpoint_meta(
     sources: Iterable[str],
     options: Mapping[str, Any],
-    *,
-    command_line: str,
     started: float,
-    wall_time: float,
+    command_line: str | None = None,
 ) -> Meta:
-    """The meta of an ``inspect-checkpoint`` run: each source with, for local files (and the
-    files of a sharded directory), its size and SHA-256."""
+    """The meta of an ``inspect-checkpoint`` run that started at ``started`` (``time.time()``)
+    and ends now: each source with, for local files (and the files of a sharded directory),
+    its size and SHA-256. ``command_line`` defaults to this process's ``sys.argv``."""
     checkpoints = []
     for source in sources:
         path = Path(source)
         files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
         digests = [d for d in (file_digest(f) for f in files) if d is not None]
         checkpoints.append({"source": source, "files": digests})
-    meta = new_meta("inspect-checkpoint", command_line, started, wall_time)
+    line = command_line or shlex.join(["gradscope", *sys.argv[1:]])
+    meta = new_meta("inspect-checkpoint", line, started, time.time() - started)
     meta["options"] = json_safe(dict(options))
     meta["checkpoints"] = checkpoints
     return meta

@@ -8,6 +8,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -239,14 +240,10 @@ def test_checkpoint_meta_hashes_files_and_sharded_directories(tmp_path: Path) ->
     (tmp_path / "shards").mkdir()
     for name in ("a.safetensors", "b.safetensors"):
         (tmp_path / "shards" / name).write_bytes(name.encode())
-    meta = checkpoint_meta(
-        [str(tmp_path / "one.pt"), str(tmp_path / "shards"), "vgg19_bn"],
-        {"key": None, "weights": False},
-        command_line="gradscope inspect-checkpoint one.pt",
-        started=0.0,
-        wall_time=1.5,
-    )
-    assert meta["command"] == "inspect-checkpoint" and meta["started"] == "1970-01-01T00:00:00Z"
+    sources = [str(tmp_path / "one.pt"), str(tmp_path / "shards"), "vgg19_bn"]
+    meta = checkpoint_meta(sources, {"key": None, "weights": False}, started=time.time() - 1)
+    assert meta["command"] == "inspect-checkpoint" and meta["wall_time_s"] >= 1
+    assert meta["options"] == {"key": None, "weights": False}
     first, shards, named = meta["checkpoints"]
     assert first["files"][0]["size"] == 7
     assert first["files"][0]["sha256"] == hashlib.sha256(b"weights").hexdigest()
