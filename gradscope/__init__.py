@@ -22,6 +22,7 @@ _LAZY = {
     "RatioRecord": "gradscope.schema",
     "parse_activation": "gradscope.activations",
     "read_records": "gradscope.records",
+    "read_meta": "gradscope.provenance",
     "run": "gradscope.engine",
     "SimulateRequest": "gradscope.specs",
     "TrainRequest": "gradscope.specs",

@@ -9,12 +9,13 @@ import math
 import os
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from gradscope.errors import OutputError
 from gradscope.options import Format
+from gradscope.provenance import meta_json, sidecar_path
 from gradscope.records import Row, as_rows, to_csv, to_json
 
 SUFFIX_FORMATS = {".csv": Format.csv, ".json": Format.json, ".txt": Format.table}
@@ -101,11 +102,17 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
-def render(records: Sequence[Any], fmt: Format, title: str | None = None) -> str:
+def render(
+    records: Sequence[Any],
+    fmt: Format,
+    title: str | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> str:
+    """Records as CSV, JSON (with ``meta`` beside them when given) or a table."""
     if fmt is Format.csv:
         return to_csv(records)
     if fmt is Format.json:
-        return to_json(records)
+        return to_json(records, meta)
     return render_table(records, title=title)
 
 
@@ -402,29 +409,55 @@ def emit(
     summary_title: str = "summary",
     stdout: IO[str] | None = None,
     stderr: IO[str] | None = None,
+    meta: Mapping[str, Any] | None = None,
+    meta_file: Path | None = None,
 ) -> None:
     """Render records to ``output`` (whole or not at all) or stdout; a summary goes under a table.
 
     In CSV/JSON on stdout the summary is printed to stderr as a table, so pipes stay clean.
+
+    ``meta`` (provenance, JSON-ready) goes beside the records in JSON, and to ``meta_file``
+    when given, else, for an ``output`` file in another format, to ``<output>.meta.json``:
+    CSV stays one clean table. Each file is written whole or not at all, the records first.
     """
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
     is_tty = out.isatty() if hasattr(out, "isatty") else False
     concrete = resolve_format(fmt, is_tty, output)
+    tables = (summary, title, summary_title)
     if output is not None:
-        text = render(records, concrete, title=title)
+        text = render(records, concrete, title=title, meta=meta)
         if concrete is Format.table and summary:
             text += "\n" + render_table(summary, title=summary_title)
         write_atomic(output, text)
         if summary:
             print_table(summary, stream=err, title=summary_title)
-        return
+    else:
+        _print(records, concrete, out, err, is_tty, tables, meta)
+    if meta is not None and meta_file is None and output is not None:
+        meta_file = sidecar_path(output) if concrete is not Format.json else None
+    if meta is not None and meta_file is not None:
+        write_atomic(meta_file, meta_json(meta))
+
+
+def _print(
+    records: Sequence[Any],
+    concrete: Format,
+    out: IO[str],
+    err: IO[str],
+    is_tty: bool,
+    tables: tuple[Sequence[Any] | None, str | None, str],
+    meta: Mapping[str, Any] | None,
+) -> None:
+    """Records on stdout: screen tables on a terminal, else the text of ``concrete``; the
+    summary (``tables``: summary, title, summary title) under a table, else on stderr."""
+    summary, title, summary_title = tables
     if concrete is Format.table and is_tty:
         print_table(records, stream=out, title=title)
         if summary:
             print_table(summary, stream=out, title=summary_title)
         return
-    text = render(records, concrete, title=title)
+    text = render(records, concrete, title=title, meta=meta)
     out.write(text)
     out.flush()
     if summary:

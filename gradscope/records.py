@@ -80,9 +80,14 @@ def to_csv(records: Iterable[Any]) -> str:
     return buf.getvalue()
 
 
-def to_json(records: Iterable[Any]) -> str:
+def to_json(records: Iterable[Any], meta: Mapping[str, Any] | None = None) -> str:
+    """The records as a JSON list; with ``meta`` (JSON-ready, see gradscope.provenance), an
+    object ``{"meta": meta, "records": [...]}``, which :func:`read_records` reads as well."""
     _, rows = as_rows(records)
-    return json.dumps([{k: json_value(v) for k, v in row.items()} for row in rows], indent=2) + "\n"
+    data: Any = [{k: json_value(v) for k, v in row.items()} for row in rows]
+    if meta is not None:
+        data = {"meta": meta, "records": data}
+    return json.dumps(data, indent=2) + "\n"
 
 
 def parse_value(text: str) -> Any:
@@ -141,7 +146,9 @@ def parse_json(text: str, source: str = "<input>") -> list[Row]:
 
 
 def read_records(source: str | Path, stdin: Any = None) -> list[Row]:
-    """Read records from a CSV or JSON file, or from stdin when ``source`` is ``-``.
+    """Read records from a CSV or JSON file, or from stdin when ``source`` is ``-``. JSON is a
+    list of records or an object holding them under ``records`` (beside ``meta``, the
+    provenance gradscope writes: gradscope.provenance.read_meta reads that).
 
     Raises:
         RecordsError: the file is missing, empty, or neither CSV nor JSON records.

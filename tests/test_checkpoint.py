@@ -119,7 +119,7 @@ def test_vgg_layout_every_format_cli_with_plot(
         "inspect-checkpoint", str(files[fmt]), "--plot", str(fig), "-o", str(out)
     )
     assert code == 0, err
-    rows = json.loads(out.read_text())
+    rows = json.loads(out.read_text())["records"]
     assert [r["name"] for r in rows] == BN_NAMES
     assert {r["index"] for r in rows if r["after_downsample"]} == AFTER_POOL
     svg = fig.read_text()
@@ -437,7 +437,7 @@ def test_cli_csv_columns_and_values(files: dict[str, Path], sd: dict) -> None:
 def test_cli_summary_records(files: dict[str, Path]) -> None:
     code, out, _ = run_cli("inspect-checkpoint", str(files["zip"]), "--summary", "--format", "json")
     assert code == 0
-    rows = json.loads(out)
+    rows = json.loads(out)["records"]
     assert list(rows[0]) == schema(CheckpointSummaryRecord)
     assert rows[0]["scope"] == "within segments" and rows[0]["growth_per_layer"] > 0
     assert [r["scope"] for r in rows].count("jump") == 3

@@ -115,7 +115,7 @@ def test_bad_variances_are_flags_not_a_crash(tmp_path: Path, sd: dict) -> None:
     path = save_legacy(bad, tmp_path / "bad.pth")
     code, out, err = run_cli("inspect-checkpoint", str(path), "--format", "json")
     assert code == 0
-    rows = json.loads(out)
+    rows = json.loads(out)["records"]
     assert [r["flags"] for r in rows[:3]] == ["nan", "negative,zero", "tiny"]
     assert rows[0]["sigma"] is None  # NaN is null in JSON
     assert all(r["flags"] == "" for r in rows[3:])

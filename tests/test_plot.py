@@ -398,7 +398,8 @@ def test_terminal_preview_matches_golden_files(
         terminal_width=width,
         about=f" ({source} records)",
     )
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.csv"]  # no figure file
+    written = sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".meta.json"))
+    assert written == ["s.csv"]  # no figure file (s.csv.meta.json is simulate's provenance)
 
 
 # --- the CLI end to end -------------------------------------------------------------------

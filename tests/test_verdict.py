@@ -290,7 +290,7 @@ def test_cli_verdict_on_stderr_and_plot(vgg: Path, tmp_path: Path) -> None:
         "inspect-checkpoint", str(vgg), "--summary", "-f", "json", "--plot", str(fig)
     )
     assert code == 0, err
-    rows = json.loads(out)
+    rows = json.loads(out)["records"]
     assert rows[0]["scope"] == "within segments" and rows[0]["verdict"] == "grows-toward-input"
     verdicts = [line for line in err.splitlines() if line.startswith("Verdict: ")]
     assert len(verdicts) == 1 and "95% t-interval" in verdicts[0]

@@ -5,8 +5,12 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import shlex
 import sys
-from collections.abc import Callable
+import types
+import typing
+from collections.abc import Callable, Mapping
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -36,6 +40,31 @@ OutputOpt = Annotated[
         metavar="FILE",
         help="Write the records to FILE (whole or not at all).",
         dir_okay=False,
+    ),
+]
+
+PROVENANCE_PANEL = "Provenance"
+
+MetaOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--meta",
+        metavar="FILE",
+        help="Write the provenance (versions, device, every option with defaults resolved, "
+        "command line, times, the SHA-256 of each input file, and a model file's git commit) "
+        "to FILE as JSON. Default: FILE.meta.json beside -o; JSON output holds it as meta.",
+        dir_okay=False,
+        show_default=False,
+        rich_help_panel=PROVENANCE_PANEL,
+    ),
+]
+
+NoMetaOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-meta",
+        help="No provenance: no sidecar file, JSON records as a plain list, figures without it.",
+        rich_help_panel=PROVENANCE_PANEL,
     ),
 ]
 
@@ -144,6 +173,89 @@ def given_options(ctx: typer.Context) -> set[str]:
         if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
             given.add(name)
     return given
+
+
+def command_line(ctx: typer.Context) -> str:
+    """The command line, rebuilt from what click parsed: ``gradscope <command>`` and each
+    parameter the user gave (see :func:`given_options`), options by their long flag, in the
+    command's order. It runs the same command as the one typed (for the provenance)."""
+    given = given_options(ctx)
+    words = ["gradscope", ctx.info_name or ""]
+    for param in ctx.command.params:
+        if param.name not in given:
+            continue
+        value = ctx.params[param.name]
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        if param.param_type_name == "argument":
+            words += [_word(v) for v in values]
+            continue
+        flag = next((o for o in param.opts if o.startswith("--")), param.opts[0])
+        if getattr(param, "is_flag", False) and isinstance(value, bool):
+            off = next(iter(getattr(param, "secondary_opts", None) or []), None)
+            words += [flag] if value else [off] if off else []
+            continue
+        for item in values:
+            words += [flag, _word(item)]
+    return shlex.join(words)
+
+
+def _word(value: Any) -> str:
+    return str(value.value if isinstance(value, Enum) else value)
+
+
+def typed_options(
+    values: Mapping[str, Any], command: Callable[..., Any], where: str
+) -> dict[str, Any]:
+    """Options read from JSON (``where``: the source and field, for messages) as the values
+    the command's parameters take: enums from their values, paths from text, numbers checked.
+
+    Raises:
+        SpecError: one sentence naming the field: an unknown option or a value of the wrong
+            type.
+    """
+    hints = typing.get_type_hints(command)
+    out = {}
+    for name, value in values.items():
+        if name not in hints or name in ("ctx", "return"):
+            raise SpecError(f"{where}.{name} is not an option of this gradscope")
+        out[name] = _typed(value, hints[name], f"{where}.{name}")
+    return out
+
+
+_KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text",
+          Path: "a file name"}  # fmt: skip
+
+
+def _typed(value: Any, hint: Any, where: str) -> Any:
+    """``value`` as the type ``hint`` names (one of a command's parameter types)."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    kinds = typing.get_args(hint) if union else (hint,)
+    if value is None:
+        if type(None) in kinds:
+            return None
+        raise SpecError(f"{where} must not be null")
+    kind = next(k for k in kinds if k is not type(None))
+    if typing.get_origin(kind) is list:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise SpecError(f"{where} must be a list of text, got {value!r}")
+    if isinstance(kind, type) and issubclass(kind, Enum):
+        try:
+            return kind(value)
+        except ValueError:
+            choices = ", ".join(str(m.value) for m in kind)
+            raise SpecError(f"{where} must be one of {choices}, got {value!r}") from None
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = {
+        bool: isinstance(value, bool),
+        int: number and isinstance(value, int),
+        float: number,
+        str: isinstance(value, str),
+        Path: isinstance(value, str),
+    }.get(kind, False)
+    if not ok:
+        raise SpecError(f"{where} must be {_KINDS.get(kind, kind)}, got {value!r}")
+    return float(value) if kind is float else Path(value) if kind is Path else value
 
 
 def check_outputs(

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from gradscope.cli.common import FormatOpt, OutputOpt, check_outputs, note
+from gradscope.cli.common import (
+    FormatOpt,
+    MetaOpt,
+    NoMetaOpt,
+    OutputOpt,
+    check_outputs,
+    command_line,
+    note,
+)
 from gradscope.cli.plot import plot_to_file
 from gradscope.errors import OutputError, SpecError
 from gradscope.options import Format
@@ -133,6 +142,7 @@ OfflineOpt = Annotated[
 
 
 def inspect_checkpoint_command(
+    ctx: typer.Context,
     sources: SourcesArg,
     key: KeyOpt = None,
     trust_pickle: TrustPickleOpt = False,
@@ -146,6 +156,8 @@ def inspect_checkpoint_command(
     offline: OfflineOpt = False,
     fmt: FormatOpt = Format.auto,
     output: OutputOpt = None,
+    meta_file: MetaOpt = None,
+    no_meta: NoMetaOpt = False,
 ) -> None:
     """BatchNorm running statistics per layer, in module order: sigma = sqrt(mean running_var)
     grows from deep to shallow layers when gradients explode (the paper's Appendix A). Fits
@@ -155,7 +167,12 @@ def inspect_checkpoint_command(
 
     Example: gradscope inspect-checkpoint vgg19_bn --plot sigma.png
     """
-    check_outputs(fmt, output, plot)
+    started = time.time()
+    check_outputs(fmt, output, plot, meta_file)
+    if meta_file is not None and no_meta:
+        raise SpecError("--meta and --no-meta contradict each other; give one")
+    if meta_file is not None and meta_file in (output, plot):
+        raise SpecError(f"--meta {meta_file} is also an output of the records or the figure")
     if eps is not None and not eps >= 0:
         raise SpecError(f"--eps must be 0 or more, got {eps}")
 
@@ -172,20 +189,45 @@ def inspect_checkpoint_command(
     if not weights:
         for sentence in result.verdicts:
             note(f"Verdict: {sentence}")
-    _emit(result, weights, summary, fmt, output)
+    meta = None
+    if not no_meta:
+        from gradscope.provenance import checkpoint_meta
+
+        options = dict(
+            key=key, trust_pickle=trust_pickle, weights=weights, summary=summary, layers=layers,
+            include_input_layer=include_input_layer, downsample_after=downsample_after,
+            eps=eps, offline=offline,
+        )  # fmt: skip
+        meta = checkpoint_meta(_sources(sources, result), options, started, command_line(ctx))
+    _emit(result, weights, summary, fmt, output, meta, meta_file)
     if plot is not None and result.records and not weights:
         title = "BatchNorm σ per layer"
         if len(result.summary) and len(result.verdicts) == 1:
             title += f": {result.summary[0].verdict}"
-        plot_to_file(result.records, plot, title=title)
+        plot_to_file(result.records, plot, meta, title=title)
     elif plot is not None:
         note(f"no plot written to {plot}: there are no BatchNorm layers to draw")
 
 
-def _emit(result: Any, weights: bool, summary: bool, fmt: Format, output: Path | None) -> None:
-    """The weights, the summary or the layers (with the summary under them), to stdout or -o."""
+def _sources(given: list[str], result: Any) -> list[tuple[str, str]]:
+    """Each source as given, with the local file or directory it was read from."""
+    return [(str(name), table.path) for name, table in zip(given, result.sources, strict=True)]
+
+
+def _emit(
+    result: Any,
+    weights: bool,
+    summary: bool,
+    fmt: Format,
+    output: Path | None,
+    meta: dict[str, Any] | None,
+    meta_file: Path | None,
+) -> None:
+    """The weights, the summary or the layers (with the summary under them), to stdout or -o,
+    with the provenance ``meta`` (in JSON, or in a sidecar file beside -o)."""
+    where: dict[str, Any] = dict(meta=meta, meta_file=meta_file)
     if weights:
-        emit(result.weights, fmt, output, title="weights")
+        emit(result.weights, fmt, output, title="weights", **where)
     elif not result.records:
         if output is not None:
             raise OutputError(
@@ -193,7 +235,7 @@ def _emit(result: Any, weights: bool, summary: bool, fmt: Format, output: Path |
                 "(--weights lists per-layer weight norms instead)"
             )
     elif summary:
-        emit(result.summary, fmt, output, title="sigma growth from deep to shallow")
+        emit(result.summary, fmt, output, title="sigma growth from deep to shallow", **where)
     else:
         emit(
             result.records,
@@ -202,4 +244,5 @@ def _emit(result: Any, weights: bool, summary: bool, fmt: Format, output: Path |
             summary=result.summary,
             title="BatchNorm layers",
             summary_title="sigma growth per layer from deep to shallow (headline fit first)",
+            **where,
         )

@@ -3,34 +3,46 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
+import sys
 import threading
+import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from gradscope.cli.common import error, note, warn
+from gradscope.cli.common import command_line, error, given_options, note, warn
 from gradscope.errors import PlotWarning, RecordsError, SpecError
 from gradscope.options import RecordKind
+from gradscope.provenance import file_digest, new_meta, read_meta
 from gradscope.records import Row, read_records
 
 
-def plot_to_file(rows: Iterable[Any], out: Path, **options: Any) -> None:
-    """Write a figure of ``rows`` to ``out``, reporting left-out values as ``Warning:`` lines.
+def plot_to_file(
+    rows: Iterable[Any], out: Path, meta: Mapping[str, Any] | None = None, **options: Any
+) -> None:
+    """Write a figure of ``rows`` to ``out`` with ``meta`` (provenance) in its metadata,
+    reporting left-out values as ``Warning:`` lines.
 
     This is what ``simulate --plot`` and ``inspect-checkpoint --plot`` call.
     """
-    from gradscope.plot.figure import plot_records  # matplotlib loads only when a figure is drawn
+    # matplotlib loads only when a figure is drawn
+    from gradscope.plot.figure import plot_records
+    from gradscope.plot.write import check_figure_path, write_figure
 
+    check_figure_path(out)
     with _warnings_on_stderr():
-        plot_records(rows, out, **options)
+        fig = plot_records(rows, None, **options)
+    write_figure(fig, out, meta)
     note(f"wrote {out}")
 
 
 def plot_command(
+    ctx: typer.Context,
     files: Annotated[
         list[str],
         typer.Argument(
@@ -94,6 +106,17 @@ def plot_command(
             help="Preview the main series in the terminal; without -o no file is written.",
         ),
     ] = False,  # fmt: skip
+    show_meta: Annotated[
+        bool,
+        typer.Option(
+            "--show-meta",
+            help="Print the provenance a figure (or a records file, or its .meta.json) "
+            "carries, as JSON, instead of plotting.",
+        ),
+    ] = False,
+    no_meta: Annotated[
+        bool, typer.Option("--no-meta", help="Write the figure without provenance.")
+    ] = False,
 ) -> None:
     """Plot gradscope records: the figure is chosen from the columns.
 
@@ -104,9 +127,15 @@ def plot_command(
       gradscope plot vgg.csv --reverse-x -o sigma.svg
 
       gradscope plot runs.csv --x width --y fitted_rate --terminal
+
+      gradscope plot --show-meta grads.png
     """
     from gradscope.plot.write import default_output, figure_format
 
+    started = time.time()
+    if show_meta:
+        _show_meta(files, given_options(ctx) - {"files", "show_meta"})
+        return
     with _first_interrupt_deferred("-" in files) as interrupted:
         try:
             rows = _read_all(files)
@@ -129,9 +158,11 @@ def plot_command(
         from gradscope.plot.spec import detect_kind
 
         output = default_output(files, kind or detect_kind(rows[0]))
+    meta = None if no_meta else _plot_meta(ctx, files, started)
     plot_to_file(
-        rows, output, size=figure_size, dpi=dpi, style=style, reverse_x=reverse_x, **options
-    )
+        rows, output, meta, size=figure_size, dpi=dpi, style=style, reverse_x=reverse_x,
+        **options,
+    )  # fmt: skip
     if interrupted:
         raise typer.Exit(130)
 
@@ -157,6 +188,36 @@ def _first_interrupt_deferred(from_pipe: bool) -> Iterator[list[bool]]:
         yield interrupted
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _show_meta(files: list[str], others: set[str]) -> None:
+    """Print the meta of each file: the object for one file, ``{file: meta}`` for several."""
+    if others:
+        flags = ", ".join("--" + name.replace("_", "-") for name in sorted(others))
+        raise SpecError(f"--show-meta reads files only; {flags} would be ignored")
+    if "-" in files:
+        raise SpecError("--show-meta reads files, not stdin (-)")
+    metas = {name: read_meta(name) for name in files}
+    shown = metas[files[0]] if len(files) == 1 else metas
+    sys.stdout.write(json.dumps(shown, indent=2) + "\n")
+
+
+def _plot_meta(ctx: typer.Context, files: list[str], started: float) -> dict[str, Any]:
+    """The provenance of a figure: this command, and each input with its SHA-256 and the
+    provenance of the run that wrote it (when it carries one)."""
+    sources: list[dict[str, Any]] = []
+    for name in files:
+        if name == "-":
+            sources.append({"source": "stdin"})
+            continue
+        try:
+            made_by: Any = read_meta(name)
+        except RecordsError:
+            made_by = None
+        sources.append({"source": name, "file": file_digest(name), "meta": made_by})
+    meta = new_meta("plot", command_line(ctx), started, time.time() - started)
+    meta["sources"] = sources
+    return meta
 
 
 def _preview(rows: list[Row], **options: Any) -> None:

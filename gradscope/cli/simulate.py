@@ -5,21 +5,29 @@ Imports no torch at start-up: the engine (which imports torch) is imported insid
 
 from __future__ import annotations
 
+import inspect
 import re
 import signal
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from gradscope.cli.common import (
+    PROVENANCE_PANEL,
     FormatOpt,
+    MetaOpt,
+    NoMetaOpt,
     OutputOpt,
     check_outputs,
+    command_line,
     given_options,
     note,
     parse_list,
+    typed_options,
     warn,
 )
 from gradscope.cli.plot import plot_to_file
@@ -41,6 +49,15 @@ from gradscope.options import (
     Task,
 )
 from gradscope.output import emit, resolve_format, write_atomic
+from gradscope.provenance import (
+    file_digest,
+    json_safe,
+    model_provenance,
+    new_meta,
+    read_meta,
+    replay_options,
+)
+from gradscope.schema import Role, roles
 from gradscope.specs import (
     ModelRequest,
     ModelSpec,
@@ -89,6 +106,8 @@ def _int_list(text: str, what: str) -> list[int]:
 
 
 _RESOURCES = "Resources"
+_GATE = "CI gate"
+_PROVENANCE = PROVENANCE_PANEL
 
 
 def simulate_command(
@@ -372,6 +391,46 @@ def simulate_command(
             show_default=False,
         ),
     ] = None,
+    fail_if_rate_above: Annotated[
+        float | None,
+        typer.Option(
+            "--fail-if-rate-above",
+            metavar="RATE",
+            help="Exit 3 when a configuration's fitted growth rate per layer (for --model: "
+            "the whole model's) is above RATE, judged by the lower end of its 95% CI, so that "
+            "noise alone never fails a build. The records are written first, then one Gate: "
+            "line per failing configuration on stderr.",
+            show_default=False,
+            rich_help_panel=_GATE,
+        ),
+    ] = None,
+    fail_if_amplification_above: Annotated[
+        float | None,
+        typer.Option(
+            "--fail-if-amplification-above",
+            metavar="X",
+            help="Exit 3 when the first layer's gradient norm is more than X times the last "
+            "layer's, judged by a conservative lower bound: the first layer's 95% CI low over "
+            "the last layer's CI high (holds with 90% confidence or more).",
+            show_default=False,
+            rich_help_panel=_GATE,
+        ),
+    ] = None,
+    meta: MetaOpt = None,
+    no_meta: NoMetaOpt = False,
+    from_meta: Annotated[
+        Path | None,
+        typer.Option(
+            "--from-meta",
+            metavar="FILE",
+            help="Re-run the configuration a provenance file records (a .meta.json, JSON "
+            "output, or a figure): the same records, byte for byte. Only options saying "
+            "where results go and how the machine is used may be given with it.",
+            dir_okay=False,
+            show_default=False,
+            rich_help_panel=_PROVENANCE,
+        ),
+    ] = None,
     fmt: FormatOpt = Format.auto,
     output: OutputOpt = None,
 ) -> None:
@@ -383,9 +442,23 @@ def simulate_command(
     Your own model: gradscope simulate --model examples/resnet.py:make_model --input-shape 3,32,32
 
     Training: gradscope simulate --train-steps 500 --task gaussian-classes --weight-decay 0.02
+
+    CI gate: gradscope simulate --model examples/resnet18.py:make_model --input-shape 3,32,32
+    --repeats 16 --fail-if-rate-above 1.15 (exit 3 when it fails)
     """
-    given = given_options(ctx)
-    _run(dict(ctx.params), given)
+    origin = _Origin(command_line(ctx), time.time())
+    params, given = dict(ctx.params), given_options(ctx)
+    if params["from_meta"] is not None:
+        params, given = _replay(params, given)
+    _run(params, given, origin)
+
+
+@dataclass(frozen=True)
+class _Origin:
+    """How the run was started: the command line and the time (for its provenance)."""
+
+    command_line: str
+    started: float
 
 
 # Which options each kind of run reads; any other option the user gives is refused, so that
@@ -400,6 +473,17 @@ _TRAIN_OPTIONS = {
 }  # fmt: skip
 _SIMULATE_ENGINE_OPTIONS = {"backend", "max_memory"}
 _MODEL_OPTIONS = {"model_arg", "input_shape", "reinit"}
+_GATE_OPTIONS = {"fail_if_rate_above", "fail_if_amplification_above"}
+# Options that say where results go rather than what runs: a meta's options leave them out,
+# and --from-meta takes them from the command line only.
+_DESTINATIONS = {
+    "output", "plot", "meta", "no_meta", "from_meta", "progress", "growth", "save_checkpoint",
+}  # fmt: skip
+# What may be given beside --from-meta: destinations, the format, how the machine is used,
+# and the gate's thresholds; everything else is the recorded configuration.
+_REPLAY_OVERRIDES = _DESTINATIONS | _GATE_OPTIONS | {
+    "fmt", "summary", "workers", "backend", "max_memory",
+}  # fmt: skip
 
 
 def _flags(names: set[str]) -> str:
@@ -425,20 +509,63 @@ def _refuse_unused_options(p: dict[str, Any], given: set[str]) -> None:
             verb = "applies" if len(unused) == 1 else "apply"
             raise SpecError(f"{_flags(unused)} {verb} only with --train-steps")
     else:
-        unused = given & _SIMULATE_ENGINE_OPTIONS
+        unused = given & (_SIMULATE_ENGINE_OPTIONS | _GATE_OPTIONS)
         if unused:
             verb = "is" if len(unused) == 1 else "are"
             raise SpecError(f"{_flags(unused)} {verb} not used by --train-steps")
 
 
-def _run(p: dict[str, Any], given: set[str]) -> None:
-    """Build the request of the run the options ask for, run it, report and write."""
+def _replay(p: dict[str, Any], given: set[str]) -> tuple[dict[str, Any], set[str]]:
+    """The options of the run a meta file records (``--from-meta``), with the destinations
+    and overrides given now; and the options given then and now."""
+    source = p["from_meta"]
+    refused = given - _REPLAY_OVERRIDES
+    if refused:
+        raise SpecError(
+            f"{_flags(refused)} cannot be given with --from-meta, which re-runs the "
+            f"configuration {source} records"
+        )
+    meta = read_meta(source)
+    recorded = typed_options(
+        replay_options(meta, "simulate", source), simulate_command, f"{source}: field options"
+    )
+    then = meta.get("given", [])
+    if not isinstance(then, list) or not all(isinstance(n, str) for n in then):
+        raise SpecError(f"{source}: field given must be a list of option names")
+    unknown = sorted(set(then) - set(recorded) - _DESTINATIONS)
+    if unknown:
+        raise SpecError(f"{source}: field given names {unknown[0]!r}, which options does not hold")
+    replayed = {k: v for k, v in recorded.items() if k not in _DESTINATIONS | given}
+    return {**p, **replayed}, (set(then) - _DESTINATIONS) | given
+
+
+def _check_gate_and_meta(p: dict[str, Any], given: set[str]) -> None:
+    """Thresholds are positive and finite and need a CI; --meta and --no-meta exclude each
+    other."""
+    from gradscope.testing import check_thresholds
+
+    check_thresholds(p["fail_if_rate_above"], p["fail_if_amplification_above"])
+    gate = sorted(given & _GATE_OPTIONS)
+    if gate and p["repeats"] < 2:
+        raise SpecError(
+            f"{_flags(set(gate))} needs --repeats 2 or more: the gate judges by a 95% CI"
+        )
+    if p["meta"] is not None and p["no_meta"]:
+        raise SpecError("--meta and --no-meta contradict each other; give one")
+    if p["meta"] is not None and p["meta"] in (p["output"], p["plot"]):
+        raise SpecError(f"--meta {p['meta']} is also an output of the records or the figure")
+
+
+def _run(p: dict[str, Any], given: set[str], origin: _Origin) -> None:
+    """Build the request of the run the options ask for, run it, report and write; then the
+    gate's verdict."""
     if p["train_steps"] < 0:
         raise SpecError(f"--train-steps must be 0 or more, got {p['train_steps']}")
     Progress.mode = p["progress"]
     if p["growth"] is not None:
         resolve_format(Format.auto, False, p["growth"])  # a bad extension fails before training
-    check_outputs(p["fmt"], p["output"], p["plot"], p["save_checkpoint"], p["growth"])
+    check_outputs(p["fmt"], p["output"], p["plot"], p["save_checkpoint"], p["growth"], p["meta"])
+    _check_gate_and_meta(p, given)
     _refuse_unused_options(p, given)
     if p["model"] is not None:
         request: Any = _model_request(p)
@@ -453,7 +580,75 @@ def _run(p: dict[str, Any], given: set[str]) -> None:
         request = _simulate_request(p)
         result = _execute(request, p["seed"], request.repeats * len(request.specs))
         _report_simulation(result, request.dtype)
-    _write(result, p, _title(p, result))
+    meta = None if p["no_meta"] else _meta(p, given, result, origin)
+    _write(result, p, _title(p, result), meta)
+    _gate(result, p)
+
+
+def _meta(p: dict[str, Any], given: set[str], result: Any, origin: _Origin) -> dict[str, Any]:
+    """The provenance of a run (see gradscope.provenance): ``options`` holds every option
+    that says what runs, defaults included, as ``--from-meta`` replays them; the resolved
+    values (``init`` auto → he, ``device`` auto → cpu) are in ``configurations`` and
+    ``device``."""
+    from gradscope.engine.runner import resolve_device
+
+    meta = new_meta("simulate", origin.command_line, origin.started, time.time() - origin.started)
+    order = [name for name in inspect.signature(simulate_command).parameters if name in p]
+    meta.update(
+        seed=p["seed"],
+        repeats=p["repeats"],
+        device=resolve_device(p["device"]),
+        prediction_basis=_unique(
+            getattr(s, "prediction_basis", None)
+            for s in [*result.summary, *getattr(result, "weight_growth", [])]
+        )
+        or None,
+        options={name: json_safe(p[name]) for name in order if name not in _DESTINATIONS},
+        given=sorted(given),
+        configurations=_unique(
+            {
+                name: json_safe(getattr(s, name))
+                for name, role in roles(type(s)).items()
+                if role is Role.configuration
+            }
+            for s in result.summary
+        ),  # fmt: skip
+        outputs={
+            name: str(p[name])
+            for name in order
+            if name in _DESTINATIONS and isinstance(p[name], Path)
+        },  # fmt: skip
+    )
+    if p["model"] is not None:
+        meta["model"] = model_provenance(p["model"])
+    if p["from_meta"] is not None:
+        meta["reproduces"] = file_digest(p["from_meta"])
+    return meta
+
+
+def _unique(values: Any) -> list[Any]:
+    out: list[Any] = []
+    for value in values:
+        if value is not None and value not in out:
+            out.append(value)
+    return out
+
+
+def _gate(result: Any, p: dict[str, Any]) -> None:
+    """One ``Gate:`` line per configuration above a threshold and exit 3; a line saying the
+    margin when every configuration passes."""
+    limits = dict(max_rate=p["fail_if_rate_above"],
+                  max_amplification=p["fail_if_amplification_above"])  # fmt: skip
+    if limits["max_rate"] is None and limits["max_amplification"] is None:
+        return
+    from gradscope.testing import gate_failures, gate_passed
+
+    failures = gate_failures(result, **limits)
+    for failure in failures:
+        note(failure.line())
+    if failures:
+        raise typer.Exit(3)
+    note(gate_passed(result, **limits))
 
 
 def _simulate_request(p: dict[str, Any]) -> SimulateRequest:
@@ -628,15 +823,20 @@ def _partial_message(result: Any, p: dict[str, Any]) -> str:
     return f"interrupted: partial results from {done} completed repeats"
 
 
-def _write(result: Any, p: dict[str, Any], title: str) -> None:
-    """Records (or summaries) to stdout or -o, the figure to --plot; exit 130 when partial."""
+def _write(result: Any, p: dict[str, Any], title: str, meta: dict[str, Any] | None) -> None:
+    """Records (or summaries) to stdout or -o, the figure to --plot, the provenance beside
+    them; exit 130 when partial."""
     if result.partial:
         warn(_partial_message(result, p))
     records: list[Any] = list(result.summary) if p["summary"] else list(result.records)
     if records:
         summary = None if p["summary"] else result.summary
-        emit(records, p["fmt"], p["output"], summary=summary, title=title)
+        emit(
+            records, p["fmt"], p["output"], summary=summary, title=title, meta=meta,
+            meta_file=p["meta"],
+        )  # fmt: skip
         if p["plot"] is not None:
-            plot_to_file(records if p["model"] is None else result.records, p["plot"])
+            rows = records if p["model"] is None else result.records
+            plot_to_file(rows, p["plot"], meta=meta)
     if result.partial:
         raise typer.Exit(130)

@@ -426,28 +426,39 @@ class _Job:
         def submit(k: int, n: int) -> Any:
             if processes:
                 return pool.submit(_process_chunk, self.spec, self.seed, k, n, self.dtype)
-            return pool.submit(self.one, k)
+            return pool.submit(lambda: [self.one(k)])
 
-        def collect(fut: Any) -> list[RepeatValues]:
-            return fut.result() if processes else [fut.result()]
-
-        pending: list[tuple[Any, int]] = []
-        k = 0
-        while k < repeats or pending:
-            while k < repeats and len(pending) < 2 * workers and not self.stopped():
-                n = min(step, repeats - k)
-                pending.append((submit(k, n), n))
-                k += n
-            if not pending:
-                break
-            fut, n = pending.pop(0)
-            self.add(collect(fut), n)
-            if self.stopped():
-                # Finish what is already running; cancel what has not started.
-                for f, _ in pending:
-                    f.cancel()
-                for f, m in pending:
-                    if not f.cancelled():
-                        self.add(collect(f), m)
-                break
+        run_window(submit, self.add, range(repeats), workers, step, self.stopped)
         return self.stats
+
+
+def run_window(
+    submit: Callable[[int, int], Any],
+    add: Callable[[list[Any], int], None],
+    repeats: range,
+    workers: int,
+    step: int,
+    stopped: Callable[[], bool],
+) -> None:
+    """Run ``repeats`` on a pool, ``step`` at a time, with at most two tasks per worker in
+    flight, and ``add`` the results in repeat order. ``submit(first, count)`` returns a future
+    of the list of results of repeats ``first .. first+count-1``. Once ``stopped()``, what is
+    already running is finished and added, what has not started is cancelled."""
+    pending: list[tuple[Any, int]] = []
+    k = repeats.start
+    while k < repeats.stop or pending:
+        while k < repeats.stop and len(pending) < 2 * workers and not stopped():
+            n = min(step, repeats.stop - k)
+            pending.append((submit(k, n), n))
+            k += n
+        if not pending:
+            break
+        fut, n = pending.pop(0)
+        add(fut.result(), n)
+        if stopped():
+            for f, _ in pending:
+                f.cancel()
+            for f, m in pending:
+                if not f.cancelled():
+                    add(f.result(), m)
+            break

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -24,6 +25,7 @@ import math
 import operator
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,7 +36,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from gradscope.engine.runner import resolve_device
+from gradscope.engine.runner import (
+    _counter,
+    _fork_available,
+    default_workers,
+    intra_op_threads,
+    make_process_pool,
+    resolve_device,
+    run_window,
+)
 from gradscope.errors import GradscopeError, SpecError
 from gradscope.options import Device, Dtype, Reinit
 from gradscope.schema import ModelLayerRecord, ModelSummaryRecord, Result
@@ -358,19 +368,20 @@ def run_model(
     reinit: Reinit | str = Reinit.auto,
     progress: Callable[[int, int], None] | None = None,
     stop: threading.Event | None = None,
+    workers: int | None = None,
 ) -> ModelRun:
     """Measure per-layer weight-gradient norms of the user's model over ``repeats`` draws.
 
     ``progress(done, total)`` is called after every repeat; ``stop``, when set, ends the run
     after the repeat under way, marked ``partial`` (at least one repeat always runs).
+    ``workers``: CPU worker processes (default: one per core; see :func:`measure_model`).
 
     Raises:
         ModelError: the factory fails, returns no module, or the model rejects the input.
         SpecError: bad sizes.
     """
     request = ModelRequest(spec, batch, repeats, dtype, device, reinit)  # type: ignore[arg-type]
-    check_seed(seed)
-    return _ModelRunner(request, seed).run(progress, stop)
+    return measure_model(request, seed, progress=progress, stop=stop, workers=workers)
 
 
 def run(
@@ -379,24 +390,71 @@ def run(
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
     stop: threading.Event | None = None,
+    factory: Callable[..., Any] | None = None,
 ) -> Result:
     """Run a validated :class:`~gradscope.specs.ModelRequest`: per-layer records, one
-    summary per path, and notes on how parameters were re-initialised."""
-    check_seed(seed)
-    measured = _ModelRunner(request, seed).run(progress, stop)
+    summary per path, and notes on how parameters were re-initialised. ``factory``, when
+    given, is called instead of the one ``request.spec.target`` names (which then only labels
+    the records and seeds the draws)."""
+    measured = measure_model(request, seed, progress=progress, stop=stop, factory=factory)
     rows, summary = model_records(measured, seed=seed)
     return Result(rows, summary, notes=list(measured.notes), partial=measured.partial)
+
+
+# Below this much work left after repeat 0 (its time × the repeats left), forking worker
+# processes costs more than it saves: the repeats run in this process.
+PARALLEL_MIN_SECONDS = 1.0
+
+
+def measure_model(
+    request: ModelRequest,
+    seed: int,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    stop: threading.Event | None = None,
+    workers: int | None = None,
+    factory: Callable[..., Any] | None = None,
+) -> ModelRun:
+    """The repeats of a model run. On a CPU each repeat runs on one intra-op thread, as the
+    synthetic engine's do: PyTorch's default of one thread per core, in a process that also
+    runs other work (a progress bar, CI jobs beside it), loses more to oversubscription than
+    it gains. Long runs spread their repeats over ``workers`` forked processes (default: one
+    per core); every repeat is drawn from its own seed and added in repeat order, so the
+    numbers are bit-identical whatever the number of workers."""
+    check_seed(seed)
+    runner = _ModelRunner(request, seed, factory)
+    if runner.device != "cpu":
+        return runner.run(progress, stop)
+    with intra_op_threads(1):
+        return runner.run(progress, stop, workers or default_workers("cpu"))
+
+
+# Per repeat: the weight-gradient norm, output variance and input-derivative variance per layer.
+Measured = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+# The runner of the run under way, inherited by the worker processes it forks.
+_CHILD_RUNNER: _ModelRunner | None = None
+
+
+def _child_repeats(first: int, count: int) -> list[Measured]:
+    """Repeats ``first .. first+count-1`` in a worker process."""
+    assert _CHILD_RUNNER is not None
+    return [_CHILD_RUNNER.repeat(k) for k in range(first, first + count)]
 
 
 class _ModelRunner:
     """One ``--model`` run: fresh parameters per repeat, one forward and backward each."""
 
-    def __init__(self, request: ModelRequest, seed: int) -> None:
+    def __init__(
+        self, request: ModelRequest, seed: int, factory: Callable[..., Any] | None = None
+    ) -> None:
         self.spec, self.batch, self.seed = request.spec, request.batch, seed
         self.repeats = request.repeats
         self.device = resolve_device(request.device)
         self.dtype = torch.float32 if request.dtype is Dtype.float32 else torch.float64
-        self.factory = resolve_factory(self.spec.target)
+        self.factory = factory or resolve_factory(self.spec.target)
+        self.order: list[str] = []
         self.notes: list[str] = []
         # Parameters are always drawn in the factory's own dtype and device, then cast, so
         # that --dtype float64 measures the same networks as float32 and both re-init paths
@@ -447,29 +505,67 @@ class _ModelRunner:
             self.recorder = _Recorder(self.modules)
 
     def run(
-        self, progress: Callable[[int, int], None] | None, stop: threading.Event | None
+        self,
+        progress: Callable[[int, int], None] | None,
+        stop: threading.Event | None,
+        workers: int = 1,
     ) -> ModelRun:
-        rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        order: list[str] = []
+        """Every repeat, in this process or (a long run, ``workers`` > 1) in worker processes
+        forked once repeat 0 has found the layers' order and timed a repeat."""
+        rows: list[Measured] = []
+        tick = _counter(progress, self.repeats)
+        pool = None
         try:
-            for repeat in range(self.repeats):
-                if rows and stop is not None and stop.is_set():
-                    break
-                if repeat > 0:
-                    self.renew(repeat)
-                self.backpropagate(repeat)
-                if repeat == 0:
-                    order = list(self.recorder.order)
-                    if not order:
-                        raise ModelError(
-                            f"{self.spec.label} never called its weight-carrying modules"
-                        )
-                rows.append(self.measure(order))
-                if progress is not None:
-                    progress(repeat + 1, self.repeats)
+            start = time.perf_counter()
+            rows.append(self.repeat(0))
+            left = range(1, self.repeats)
+            work = (time.perf_counter() - start) * len(left)
+            if workers > 1 and len(left) > 1 and work > PARALLEL_MIN_SECONDS and _fork_available():
+                pool = self.fork(workers)
+            tick(1)  # after the fork: the progress bar's thread starts at its first update
+
+            def add(results: list[Measured], n: int) -> None:
+                rows.extend(results)
+                tick(n)
+
+            def stopped() -> bool:
+                return stop is not None and stop.is_set()
+
+            if pool is not None:
+                step = max(1, min(4, len(left) // (4 * workers)))
+                submit = functools.partial(pool.submit, _child_repeats)
+                run_window(submit, add, left, workers, step, stopped)
+            else:
+                for k in left:
+                    if stopped():
+                        break
+                    add([self.repeat(k)], 1)
         finally:
             self.recorder.detach()
-        return self.result(order, rows)
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        return self.result(self.order, rows)
+
+    def fork(self, workers: int) -> Any:
+        """Worker processes that inherit this runner (repeat 0 done, the order known)."""
+        global _CHILD_RUNNER
+        _CHILD_RUNNER = self
+        try:
+            return make_process_pool(workers)
+        finally:
+            _CHILD_RUNNER = None
+
+    def repeat(self, k: int) -> Measured:
+        """Repeat ``k``: fresh parameters (repeat 0 has the factory's own), one forward and
+        backward, the measurements; repeat 0 also records the layers' execution order."""
+        if k > 0:
+            self.renew(k)
+        self.backpropagate(k)
+        if k == 0:
+            self.order = list(self.recorder.order)
+            if not self.order:
+                raise ModelError(f"{self.spec.label} never called its weight-carrying modules")
+        return self.measure(self.order)
 
     def backpropagate(self, repeat: int) -> None:
         """One forward pass on a random input, one backward from a random output derivative."""
@@ -506,7 +602,7 @@ class _ModelRunner:
         except Exception as exc:
             raise ModelError(f"{spec.label} failed in backward: {_first_line(exc)}") from None
 
-    def measure(self, order: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def measure(self, order: list[str]) -> Measured:
         """Weight-gradient norm, output variance and input-derivative variance per layer."""
         grads, fwd, bwd = [], [], []
         for name in order:
@@ -517,9 +613,7 @@ class _ModelRunner:
             bwd.append(self.recorder.backward_var.get(name, math.nan))
         return np.array(grads), np.array(fwd), np.array(bwd)
 
-    def result(
-        self, order: list[str], rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
-    ) -> ModelRun:
+    def result(self, order: list[str], rows: list[Measured]) -> ModelRun:
         labels, note = residual_paths(self.model, order)
         notes = self.notes + ([note] if note else [])
         modules = self.modules

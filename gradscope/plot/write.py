@@ -8,13 +8,15 @@ long run without loading it.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gradscope.errors import OutputError
 from gradscope.options import FigureFormat, RecordKind
 from gradscope.output import check_output_path, write_atomic
+from gradscope.provenance import FIGURE_KEY, meta_json
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -45,8 +47,13 @@ def check_figure_path(path: Path) -> None:
     check_output_path(path)
 
 
-def figure_bytes(fig: Figure, fmt: FigureFormat) -> bytes:
-    """The figure rendered in memory; SVG keeps its text as text so labels stay searchable."""
+def figure_bytes(fig: Figure, fmt: FigureFormat, meta: Mapping[str, Any] | None = None) -> bytes:
+    """The figure rendered in memory; SVG keeps its text as text so labels stay searchable.
+
+    Without ``meta`` the bytes depend on the figure only (no dates, no versions). ``meta``
+    (provenance, see gradscope.provenance) goes in as JSON: a PNG text chunk and a PDF Info
+    entry named ``gradscope``, the SVG's ``dc:description``.
+    """
     import matplotlib
 
     metadata: dict[str, Any] = {
@@ -54,19 +61,27 @@ def figure_bytes(fig: Figure, fmt: FigureFormat) -> bytes:
         FigureFormat.svg: {"Date": None},
         FigureFormat.pdf: {"CreationDate": None, "ModDate": None},
     }[fmt]
+    if meta is not None:
+        metadata["Description" if fmt is FigureFormat.svg else FIGURE_KEY] = meta_json(meta)
     buffer = io.BytesIO()
-    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "gradscope"}):
+    with (
+        matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "gradscope"}),
+        warnings.catch_warnings(),
+    ):
+        # The PDF Info dictionary may hold any key; matplotlib warns about all but the standard.
+        warnings.filterwarnings("ignore", "Unknown infodict keyword", UserWarning)
         fig.savefig(buffer, format=fmt.value, dpi=fig.dpi, metadata=metadata)
     return buffer.getvalue()
 
 
-def write_figure(fig: Figure, path: Path) -> None:
-    """Write the figure whole or not at all, in the format the extension of ``path`` names.
+def write_figure(fig: Figure, path: Path, meta: Mapping[str, Any] | None = None) -> None:
+    """Write the figure whole or not at all, in the format the extension of ``path`` names,
+    with ``meta`` in its metadata when given.
 
     Raises:
         OutputError: an unknown extension or a path that cannot be written.
     """
-    write_atomic(path, figure_bytes(fig, figure_format(path)))
+    write_atomic(path, figure_bytes(fig, figure_format(path), meta))
 
 
 def draw_to_file(out: str | Path | None, draw: Callable[[], Figure]) -> Figure:
