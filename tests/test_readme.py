@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from ckpt_factory import save_legacy, vgg19_bn_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,9 +43,7 @@ def expected_output(code: str) -> list[str]:
 def test_api_example_prints_what_the_readme_says(tmp_path: Path, monkeypatch) -> None:
     pytest.importorskip("sympy")
     code = api_block()
-    save_legacy(vgg19_bn_state_dict(), tmp_path / "vgg19_bn-synthetic.pth")
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
-    (tmp_path / "run.csv").write_text("layer,grad_norm_mean\n1,2.0\n2,1.0\n")
     monkeypatch.chdir(tmp_path)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
