@@ -17,7 +17,10 @@ sets options for the block::
 - ``columns=N``: the terminal width the commands see (default 100);
 - ``stdout``: show what the commands print on stdout only (stderr, say a summary table
   beside CSV records, is left out; the text around the block says so where it matters);
-- ``skip``: leave the block alone.
+- ``skip``: leave the block alone;
+- ``needs=FILE``: a file an earlier block downloads (``pip download`` from the package index);
+  when it is absent (the index was unreachable), the block is skipped with a warning instead
+  of counted as drift.
 
 Every document runs in its own scratch directory holding copies of ``examples/`` and the
 synthetic VGG19-BN- and ResNet-50-layout checkpoints the tests build, so running the shown
@@ -201,6 +204,11 @@ def process(path: Path, args: argparse.Namespace) -> list[str]:
         for block in blocks:
             block.start, block.end = block.start + shift, block.end + shift
             if "skip" in block.options or ("slow" in block.options and not args.slow):
+                continue
+            needed = block.options.get("needs")
+            if needed and not (scratch / needed).exists():
+                print(f"{path.relative_to(ROOT)}:{block.start}: skipped, {needed} could not "
+                      "be downloaded", file=sys.stderr)  # fmt: skip
                 continue
             began = time.perf_counter()
             body = render(block, scratch)
