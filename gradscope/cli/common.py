@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
 import os
@@ -131,6 +132,21 @@ def note(message: str) -> None:
     sys.stderr.flush()
 
 
+# A failed write, never a failed read: stdout on a full disk, ``> /dev/full``, over quota.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null, so that what is still buffered for a stdout that failed
+    (or whose reader went away) is not written again, with a traceback, at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def user_errors(func: F) -> F:
     """Map gradscope's errors to one line on stderr and exit code 1; real bugs keep a traceback."""
 
@@ -140,15 +156,20 @@ def user_errors(func: F) -> F:
             return func(*args, **kwargs)
         except GradscopeError as exc:
             error(exc.cli_message(PARAMETER_FLAGS))
+            if type(exc).__name__ == "StdoutError":
+                silence_stdout()
             raise typer.Exit(1) from None
         except BrokenPipeError:
             # The reader went away (e.g. `| head`): stop quietly, like other Unix tools.
-            try:
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, sys.stdout.fileno())
-            except (OSError, ValueError):
-                pass
+            silence_stdout()
             raise typer.Exit(0) from None
+        except OSError as exc:
+            if exc.errno not in WRITE_ERRNOS:
+                raise
+            # Output that was not an -o file (those fail with an OutputError): stdout.
+            error(f"cannot write to stdout: {exc.strerror}")
+            silence_stdout()
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 
