@@ -18,7 +18,7 @@ from typing import IO, Any
 from gradscope.errors import OutputError
 from gradscope.options import Format
 from gradscope.provenance import meta_json, sidecar_path
-from gradscope.records import Row, as_rows, to_csv, to_json
+from gradscope.records import Row, as_rows, printable, to_csv, to_json
 
 SUFFIX_FORMATS = {".csv": Format.csv, ".json": Format.json, ".txt": Format.table}
 
@@ -80,7 +80,7 @@ def render_table(records: Iterable[Any], title: str | None = None, width: int | 
     order = _headline_first(columns, keys)
     table = _new_table(title)
     for col in order:
-        table.add_column(col, justify="right" if numeric[col] else "left", overflow="fold")
+        table.add_column(_escape(col), justify="right" if numeric[col] else "left", overflow="fold")
     for row in rows:
         table.add_row(*[_escape(format_cell(row.get(c))) for c in order])
     console = Console(
@@ -98,10 +98,13 @@ def _is_numeric_column(rows: Sequence[Row], col: str) -> bool:
     )
 
 
-def _escape(text: str) -> str:
-    from rich.markup import escape
+def _escape(text: str) -> Any:
+    """A table cell or header as plain text: rich markup in a name (``[/]``,
+    ``[link=file:///etc/passwd]``) is shown as typed, never interpreted, and control
+    characters as escapes (see gradscope.records.printable)."""
+    from rich.text import Text
 
-    return escape(text)
+    return Text(printable(text, newlines=True))
 
 
 def render(
@@ -265,7 +268,7 @@ def _display_tables(
         widths = _widen(chunk, compact, natural, width, keys)
         for col in chunk:
             table.add_column(
-                _header(col, widths[col]),
+                _escape(_header(col, widths[col])),
                 justify="right" if numeric[col] else "left",
                 overflow="fold",
                 width=widths[col],
@@ -279,9 +282,9 @@ def _display_tables(
 def _new_table(title: str | None, columns: Sequence[str] = ()) -> Any:
     from rich.table import Table
 
-    table = Table(title=title, header_style="bold")
+    table = Table(title=None if title is None else _escape(title), header_style="bold")
     for col in columns:
-        table.add_column(col)
+        table.add_column(_escape(col))
     return table
 
 
@@ -292,7 +295,7 @@ def _field_table(title: str | None, columns: Sequence[str], cells: dict[str, str
     table.add_column("value", overflow="fold")
     for col in columns:
         if cells[col] != MISSING:
-            table.add_row(col, _escape(cells[col]))
+            table.add_row(_escape(col), _escape(cells[col]))
     return table
 
 
@@ -367,7 +370,7 @@ def print_table(
     for table in tables:
         console.print(table)
     if caption:
-        console.print(caption, style="dim", markup=False, highlight=False)
+        console.print(printable(caption), style="dim", markup=False, highlight=False)
 
 
 # Paths that name one of this process's open files (``-o /dev/stdout``): written through,

@@ -20,6 +20,7 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from gradscope.errors import GradscopeError, SpecError
 from gradscope.options import Format
+from gradscope.records import printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -118,17 +119,24 @@ PARAMETER_FLAGS = {"steps": "--train-steps", "fmt": "--format"}
 
 def error(message: str) -> None:
     """One line on stderr: ``Error: <message>``."""
-    sys.stderr.write(f"Error: {message}\n")
-    sys.stderr.flush()
+    _stderr_line(f"Error: {printable(message)}")
 
 
 def warn(message: str) -> None:
-    sys.stderr.write(f"Warning: {message}\n")
-    sys.stderr.flush()
+    """One line on stderr: ``Warning: <message>``."""
+    _stderr_line(f"Warning: {printable(message)}")
 
 
 def note(message: str) -> None:
-    sys.stderr.write(f"{message}\n")
+    """A message on stderr (``Verdict: ...``, ``wrote FILE``); its own line breaks stay."""
+    _stderr_line(printable(message, newlines=True))
+
+
+def _stderr_line(text: str) -> None:
+    """Messages quote names from files and the command line: :func:`printable` shows their
+    control characters as escapes (an OSC or CSI sequence in a layer name must not drive the
+    terminal)."""
+    sys.stderr.write(text + "\n")
     sys.stderr.flush()
 
 
