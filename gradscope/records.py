@@ -125,13 +125,19 @@ def json_value(value: Any) -> Any:
 
 
 def to_csv(records: Iterable[Any]) -> str:
+    """The records as CSV: a header, then one line per record (see :func:`format_csv_value`)."""
     columns, rows = as_rows(records)
+    lines = [_csv_line([escape_formula(c) for c in columns])]
+    lines += [_csv_line([format_csv_value(row.get(c)) for c in columns]) for row in rows]
+    return "".join(lines)
+
+
+def _csv_line(cells: Sequence[str]) -> str:
+    """One CSV line ending in ``\\n``. The csv module quotes only the characters of its line
+    terminator: written with ``\\r\\n``, a carriage return in a name is quoted too."""
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([escape_formula(c) for c in columns])
-    for row in rows:
-        writer.writerow([format_csv_value(row.get(c)) for c in columns])
-    return buf.getvalue()
+    csv.writer(buf, lineterminator="\r\n").writerow(cells)
+    return buf.getvalue()[:-2] + "\n"
 
 
 def to_json(records: Iterable[Any], meta: Mapping[str, Any] | None = None) -> str:
@@ -178,13 +184,14 @@ def parse_csv(text: str, source: str = "<input>") -> list[Row]:
     try:
         return _csv_rows(reader, source)
     except csv.Error as exc:
-        line = f" line {reader.line_num}" if reader.line_num else ""
-        if "field larger than field limit" in str(exc):
-            raise RecordsError(
-                f"{source}{line} has a field over {MAX_CSV_FIELD // 1024} KiB, "
-                "the longest gradscope reads"
-            ) from None
-        raise RecordsError(f"{source}{line} is not CSV records ({exc})") from None
+        where = f"{source} line {reader.line_num}" if reader.line_num else source
+        too_long = "field larger than field limit" in str(exc)
+        problem = (
+            f"has a field over {MAX_CSV_FIELD // 1024} KiB, the longest gradscope reads"
+            if too_long
+            else f"is not CSV records ({exc})"
+        )
+        raise RecordsError(f"{where} {problem}") from None
 
 
 def _csv_rows(reader: Any, source: str) -> list[Row]:

@@ -237,7 +237,9 @@ def validate(spec: NetSpec) -> None:
     if spec.init is Init.auto:
         raise SpecError("internal: resolve init auto before building a NetSpec")
     if not 1 <= spec.depth <= MAX_DEPTH:
-        raise SpecError(f"depth must be from 1 to {MAX_DEPTH}, got {spec.depth}")
+        raise SpecError(
+            f"{{option}} must be from 1 to {MAX_DEPTH}, got {spec.depth}", option="depth"
+        )
     if spec.width < 1:
         raise SpecError(f"width must be at least 1, got {spec.width}")
     if spec.batch < 1:
@@ -247,7 +249,10 @@ def validate(spec: NetSpec) -> None:
     if spec.norm is Norm.layernorm and spec.width < 2:
         raise SpecError(f"layernorm needs a width of at least 2, got {spec.width}")
     if not (math.isfinite(spec.gain) and 0 < spec.gain <= MAX_GAIN):
-        raise SpecError(f"gain must be a positive number up to {MAX_GAIN:g}, got {spec.gain:g}")
+        raise SpecError(
+            f"{{option}} must be a positive number up to {MAX_GAIN:g}, got {spec.gain:g}",
+            option="gain",
+        )
     if spec.arch.is_resnet and spec.depth % 2:
         raise SpecError(
             f"a resnet has a skip every two layers, so its depth must be even, got {spec.depth}"

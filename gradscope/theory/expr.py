@@ -88,7 +88,8 @@ def _parse_tree(text: str) -> ast.Expression:
         ) from None
     except (RecursionError, MemoryError, ValueError):
         raise ExpressionError(f"the expression {text[:40]!r}... is too deeply nested") from None
-    nodes, depth, level = 0, 0, [tree.body]
+    nodes, depth = 0, 0
+    level: list[ast.AST] = [tree.body]
     while level:
         depth += 1
         nodes += len(level)
