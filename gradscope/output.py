@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import io
 import math
 import os
@@ -11,6 +12,7 @@ import re
 import stat
 import sys
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -464,7 +466,7 @@ def _write_through(path: Path, payload: bytes) -> None:
     """Every byte of ``payload`` into an existing FIFO or device, or into one of this
     process's open descriptors (``/dev/stdout``: at its offset, in its append mode)."""
     own = _own_descriptor(path)
-    fd = own if own is not None else os.open(path, os.O_WRONLY | os.O_NOCTTY)
+    fd = own if own is not None else _open_stream(path)
     try:
         if own is not None:
             for stream in (sys.stdout, sys.stderr):
@@ -476,6 +478,29 @@ def _write_through(path: Path, payload: bytes) -> None:
     finally:
         if own is None:
             os.close(fd)
+
+
+FIFO_WAIT_SECONDS = 30.0  # how long a FIFO may go without a reader before the write gives up
+
+
+def _open_stream(path: Path) -> int:
+    """A FIFO or device opened for writing. A FIFO with no reader yet is retried for
+    ``FIFO_WAIT_SECONDS`` (a blocking open would hang for ever), then refused."""
+    deadline = time.monotonic() + FIFO_WAIT_SECONDS
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: a FIFO that no process has open to read
+                raise
+            if time.monotonic() > deadline:
+                raise OutputError(
+                    f"no process opened the FIFO {path} for reading within {FIFO_WAIT_SECONDS:g} s"
+                ) from None
+            time.sleep(0.05)
+            continue
+        os.set_blocking(fd, True)  # then write at the reader's pace
+        return fd
 
 
 def _is_open(fd: int) -> bool:

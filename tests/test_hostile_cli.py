@@ -61,6 +61,18 @@ def test_fifo_is_written_through_and_stays_a_fifo(cli: CliRun, tmp_path: Path) -
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]  # no temporary file
 
 
+def test_fifo_without_a_reader_is_refused_not_hung(
+    cli: CliRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    monkeypatch.setattr("gradscope.output.FIFO_WAIT_SECONDS", 0.2)
+    result = cli([*CSV_RELU, "-o", str(fifo)])
+    assert result.exit_code == 1
+    one_error_line(result.stderr, "no process opened the FIFO", "for reading within 0.2 s")
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+
+
 def test_symlink_keeps_its_link_and_its_target_is_replaced(cli: CliRun, tmp_path: Path) -> None:
     target, link = tmp_path / "real.csv", tmp_path / "link.csv"
     target.write_text("old\n")
