@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import io
 import math
 import os
+import re
+import stat
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from gradscope.errors import OutputError
 from gradscope.options import Format
 from gradscope.provenance import meta_json, sidecar_path
-from gradscope.records import Row, as_rows, to_csv, to_json
+from gradscope.records import Row, as_rows, printable, to_csv, to_json
 
 SUFFIX_FORMATS = {".csv": Format.csv, ".json": Format.json, ".txt": Format.table}
 
@@ -78,7 +82,7 @@ def render_table(records: Iterable[Any], title: str | None = None, width: int | 
     order = _headline_first(columns, keys)
     table = _new_table(title)
     for col in order:
-        table.add_column(col, justify="right" if numeric[col] else "left", overflow="fold")
+        table.add_column(_escape(col), justify="right" if numeric[col] else "left", overflow="fold")
     for row in rows:
         table.add_row(*[_escape(format_cell(row.get(c))) for c in order])
     console = Console(
@@ -96,10 +100,13 @@ def _is_numeric_column(rows: Sequence[Row], col: str) -> bool:
     )
 
 
-def _escape(text: str) -> str:
-    from rich.markup import escape
+def _escape(text: str) -> Any:
+    """A table cell or header as plain text: rich markup in a name (``[/]``,
+    ``[link=file:///etc/passwd]``) is shown as typed, never interpreted, and control
+    characters as escapes (see gradscope.records.printable)."""
+    from rich.text import Text
 
-    return escape(text)
+    return Text(printable(text, newlines=True))
 
 
 def render(
@@ -263,7 +270,7 @@ def _display_tables(
         widths = _widen(chunk, compact, natural, width, keys)
         for col in chunk:
             table.add_column(
-                _header(col, widths[col]),
+                _escape(_header(col, widths[col])),
                 justify="right" if numeric[col] else "left",
                 overflow="fold",
                 width=widths[col],
@@ -277,9 +284,9 @@ def _display_tables(
 def _new_table(title: str | None, columns: Sequence[str] = ()) -> Any:
     from rich.table import Table
 
-    table = Table(title=title, header_style="bold")
+    table = Table(title=None if title is None else _escape(title), header_style="bold")
     for col in columns:
-        table.add_column(col)
+        table.add_column(_escape(col))
     return table
 
 
@@ -290,7 +297,7 @@ def _field_table(title: str | None, columns: Sequence[str], cells: dict[str, str
     table.add_column("value", overflow="fold")
     for col in columns:
         if cells[col] != MISSING:
-            table.add_row(col, _escape(cells[col]))
+            table.add_row(_escape(col), _escape(cells[col]))
     return table
 
 
@@ -365,38 +372,246 @@ def print_table(
     for table in tables:
         console.print(table)
     if caption:
-        console.print(caption, style="dim", markup=False, highlight=False)
+        console.print(printable(caption), style="dim", markup=False, highlight=False)
+
+
+# Paths that name one of this process's open files (``-o /dev/stdout``): written through,
+# never replaced, whatever they resolve to (replacing the file a shell redirected stdout to
+# would leave the shell's descriptor on the old, unlinked file).
+_FD_ALIASES = re.compile(r"/dev/(stdout|stderr|fd/\d+)|/proc/(self|\d+)/fd/\d+")
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputTarget:
+    """Where an output path really writes: ``path`` is the file to replace (symlinks
+    resolved) or, when ``stream``, a FIFO, character device or descriptor alias that is
+    written through in place."""
+
+    path: Path
+    stream: bool
+
+
+def output_target(path: Path) -> OutputTarget:
+    """What writing ``path`` means, checked before any work.
+
+    A regular file (or a new name) is replaced atomically; through a symlink, the file the
+    link points to is replaced and the link stays a link. A FIFO, a character device
+    (``/dev/null``, a terminal) or ``/dev/stdout`` is a stream: it is written through, never
+    replaced. The directory must exist and be writable. Root passes every permission check
+    (``os.access``): a directory root cannot write to fails when the file is written, with
+    one line, and the old file is kept.
+
+    Raises:
+        OutputError: a missing or non-directory parent, an unwritable directory, a directory,
+            block device or socket as the output.
+    """
+    given = Path(os.path.abspath(path))
+    if _FD_ALIASES.fullmatch(str(given)):
+        own = _own_descriptor(given)
+        if own is not None and not _is_open(own):
+            raise OutputError(f"{path} names descriptor {own}, which is not open")
+        return OutputTarget(given, stream=True)
+    target = Path(os.path.realpath(given))
+    shown = str(path) if target == given else f"{path} (a link to {target})"
+    try:
+        mode = target.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):  # a new file; its directory is checked
+        mode = None
+    except OSError as exc:
+        raise OutputError(f"cannot use {shown} as output: {exc.strerror}") from None
+    if mode is not None and stat.S_ISDIR(mode):
+        raise OutputError(f"{shown} is a directory; give a file name")
+    if mode is not None and (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)):
+        return OutputTarget(target, stream=True)
+    if mode is not None and not stat.S_ISREG(mode):
+        raise OutputError(f"{shown} is not a regular file, a FIFO or a character device")
+    _check_directory(target.parent, shown)
+    return OutputTarget(target, stream=False)
+
+
+def _check_directory(parent: Path, shown: str) -> None:
+    if not parent.exists():
+        raise OutputError(f"the directory {parent} does not exist (for output {shown})")
+    if not parent.is_dir():
+        raise OutputError(f"{parent} is not a directory (for output {shown})")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"the directory {parent} is not writable (for output {shown})")
 
 
 def check_output_path(path: Path) -> None:
-    """Fail before any work when the output cannot be written."""
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.exists():
-        raise OutputError(f"the directory {parent} does not exist (for output {path})")
-    if not parent.is_dir():
-        raise OutputError(f"{parent} is not a directory (for output {path})")
-    if path.is_dir():
-        raise OutputError(f"{path} is a directory; give a file name")
+    """Fail before any work when the output cannot be written (see :func:`output_target`)."""
+    output_target(path)
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write the whole file or nothing: a temporary file in the same directory, then rename."""
-    check_output_path(path)
-    parent = path.parent if str(path.parent) else Path(".")
+    """Write the whole file or nothing: a temporary file in the same directory, flushed to
+    disk, then renamed over the file (the file a symlink points to). A FIFO or character
+    device is written through instead (see :func:`output_target`).
+
+    Raises:
+        OutputError: the path cannot be written (one sentence; the old file is kept).
+    """
+    target = output_target(path)
     payload = data if isinstance(data, bytes) else data.encode("utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=parent)
+    try:
+        if target.stream:
+            _write_through(target.path, payload)
+        else:
+            _replace(target.path, payload)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _write_through(path: Path, payload: bytes) -> None:
+    """Every byte of ``payload`` into an existing FIFO or device, or into one of this
+    process's open descriptors (``/dev/stdout``: at its offset, in its append mode)."""
+    own = _own_descriptor(path)
+    fd = own if own is not None else _open_stream(path)
+    try:
+        if own is not None:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(OSError, ValueError, AttributeError):
+                    stream.flush()
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        if own is None:
+            os.close(fd)
+
+
+FIFO_WAIT_SECONDS = 30.0  # how long a FIFO may go without a reader before the write gives up
+
+
+def _open_stream(path: Path) -> int:
+    """A FIFO or device opened for writing. A FIFO with no reader yet is retried for
+    ``FIFO_WAIT_SECONDS`` (a blocking open would hang for ever), then refused."""
+    deadline = time.monotonic() + FIFO_WAIT_SECONDS
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: a FIFO that no process has open to read
+                raise
+            if time.monotonic() > deadline:
+                raise OutputError(
+                    f"no process opened the FIFO {path} for reading within {FIFO_WAIT_SECONDS:g} s"
+                ) from None
+            time.sleep(0.05)
+            continue
+        os.set_blocking(fd, True)  # then write at the reader's pace
+        return fd
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def _own_descriptor(path: Path) -> int | None:
+    """The descriptor number an alias of this process's open files names, else None."""
+    text = str(path)
+    if text in ("/dev/stdout", "/dev/stderr"):
+        return 1 if text == "/dev/stdout" else 2
+    for prefix in ("/dev/fd/", "/proc/self/fd/", f"/proc/{os.getpid()}/fd/"):
+        if text.startswith(prefix) and text[len(prefix) :].isdigit():
+            return int(text[len(prefix) :])
+    return None
+
+
+PART_SUFFIX = ".part"
+
+
+def _replace(path: Path, payload: bytes) -> None:
+    """Atomic replacement of a regular file: the temporary file ``.NAME.PID.XXXX.part`` is
+    written, fsynced, given the old file's mode (a new file's: 0666 less the umask), renamed
+    over ``path``, and the directory is fsynced so that the rename survives a crash."""
+    parent = path.parent
+    _remove_stale_parts(path)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.{os.getpid()}.", suffix=PART_SUFFIX, dir=parent
+    )
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
-        # mkstemp creates the file 0600; give it the mode a plain open() would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, _mode_for(path))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    _fsync_directory(parent)
+
+
+def _mode_for(path: Path) -> int:
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _remove_stale_parts(path: Path) -> None:
+    """Remove temporary files left beside ``path`` by a writer that was killed (``kill -9``,
+    a power cut): ``.NAME.PID.XXXX.part`` whose process no longer runs. A live writer's file
+    is left alone."""
+    prefix = f".{path.name}."
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(PART_SUFFIX)):
+            continue
+        pid = name[len(prefix) :].split(".", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                os.unlink(path.parent / name)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Flush a directory entry to disk; some file systems cannot, which is not an error."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class StdoutError(OutputError):
+    """Standard output cannot be written (a full disk, ``> /dev/full``, a dead terminal)."""
+
+
+@contextlib.contextmanager
+def stdout_errors() -> Iterator[None]:
+    """Turn a failed write to stdout into one :class:`StdoutError` sentence; a closed pipe
+    (``| head``) stays a ``BrokenPipeError``, which the CLI ends quietly."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise StdoutError(f"cannot write to stdout: {exc.strerror or exc}") from None
 
 
 def emit(
@@ -433,7 +648,9 @@ def emit(
         if summary:
             print_table(summary, stream=err, title=summary_title)
     else:
-        _print(records, concrete, out, err, is_tty, tables, meta)
+        with stdout_errors():
+            _print(records, concrete, out, err, is_tty, tables, meta)
+            out.flush()
     if meta is not None and meta_file is None and output is not None:
         meta_file = sidecar_path(output) if concrete is not Format.json else None
     if meta is not None and meta_file is not None:

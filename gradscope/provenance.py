@@ -255,6 +255,8 @@ def _parse_json(text: str, path: Path) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise RecordsError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:  # about a thousand levels deep: no meta is
+        raise RecordsError(f"{path} is JSON nested too deeply to be a meta") from None
 
 
 def _png_text(path: Path) -> str | None:

@@ -12,6 +12,7 @@ import dataclasses
 import io
 import json
 import math
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -58,7 +59,60 @@ def format_csv_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, (list, tuple)):
         return "x".join(str(v) for v in value)
-    return str(value)
+    return escape_formula(str(value))
+
+
+# A spreadsheet reads a cell that starts with one of these as a formula (OWASP, "CSV
+# injection"): ``=HYPERLINK(...)`` in a layer name would run when the CSV is opened.
+FORMULA_START = re.compile(r"'*[=+\-@\t\r]")
+
+
+def escape_formula(text: str) -> str:
+    """Text for a CSV cell that no spreadsheet runs as a formula: a cell starting with
+    ``= + - @``, a tab or a carriage return gets a leading ``'`` (as does one that already
+    starts with quotes before such a character, so :func:`unescape_formula` inverts it
+    exactly). Numbers are never changed: ``-1.5`` stays."""
+    if FORMULA_START.match(text) and not _is_number(text):
+        return "'" + text
+    return text
+
+
+def unescape_formula(text: str) -> str:
+    """Inverse of :func:`escape_formula`."""
+    if text.startswith("'") and FORMULA_START.match(text[1:]) and not _is_number(text[1:]):
+        return text[1:]
+    return text
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+# Control characters (C0 but the tab, DEL, C1) and the Unicode bidirectional overrides that
+# reorder what a terminal shows ("Trojan source"): a name read from a file must not move the
+# cursor, set a window title (OSC) or colour the screen (CSI) when it is printed.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_UNPRINTABLE_KEEP_NEWLINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str, *, newlines: bool = False) -> str:
+    """``text`` with every control character shown as a Python escape (``\\x1b``,
+    ``\\n``, ``\\u202e``), so that names from files print as data; with ``newlines``,
+    line breaks are kept."""
+    pattern = _UNPRINTABLE_KEEP_NEWLINES if newlines else _UNPRINTABLE
+    return pattern.sub(_escape_char, text)
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    named = {0x0A: "\\n", 0x0D: "\\r"}
+    if code in named:
+        return named[code]
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def json_value(value: Any) -> Any:
@@ -71,13 +125,19 @@ def json_value(value: Any) -> Any:
 
 
 def to_csv(records: Iterable[Any]) -> str:
+    """The records as CSV: a header, then one line per record (see :func:`format_csv_value`)."""
     columns, rows = as_rows(records)
+    lines = [_csv_line([escape_formula(c) for c in columns])]
+    lines += [_csv_line([format_csv_value(row.get(c)) for c in columns]) for row in rows]
+    return "".join(lines)
+
+
+def _csv_line(cells: Sequence[str]) -> str:
+    """One CSV line ending in ``\\n``. The csv module quotes only the characters of its line
+    terminator: written with ``\\r\\n``, a carriage return in a name is quoted too."""
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow([format_csv_value(row.get(c)) for c in columns])
-    return buf.getvalue()
+    csv.writer(buf, lineterminator="\r\n").writerow(cells)
+    return buf.getvalue()[:-2] + "\n"
 
 
 def to_json(records: Iterable[Any], meta: Mapping[str, Any] | None = None) -> str:
@@ -106,16 +166,40 @@ def parse_value(text: str) -> Any:
     try:
         return float(text)
     except ValueError:
-        return text
+        return unescape_formula(text)
+
+
+# The csv module's own bound on one field (131072 characters): a longer one is refused.
+MAX_CSV_FIELD = 128 * 1024
 
 
 def parse_csv(text: str, source: str = "<input>") -> list[Row]:
+    """CSV records: a header, then one row per line (see :func:`parse_value`).
+
+    Raises:
+        RecordsError: no header, a row of another length, a field over ``MAX_CSV_FIELD``
+            characters or a NUL byte.
+    """
     reader = csv.reader(io.StringIO(text))
+    try:
+        return _csv_rows(reader, source)
+    except csv.Error as exc:
+        where = f"{source} line {reader.line_num}" if reader.line_num else source
+        too_long = "field larger than field limit" in str(exc)
+        problem = (
+            f"has a field over {MAX_CSV_FIELD // 1024} KiB, the longest gradscope reads"
+            if too_long
+            else f"is not CSV records ({exc})"
+        )
+        raise RecordsError(f"{where} {problem}") from None
+
+
+def _csv_rows(reader: Any, source: str) -> list[Row]:
     try:
         header = next(reader)
     except StopIteration:
         raise RecordsError(f"{source} is empty: expected CSV or JSON records") from None
-    header = [h.strip() for h in header]
+    header = [unescape_formula(h.strip()) for h in header]
     rows: list[Row] = []
     for lineno, cells in enumerate(reader, start=2):
         if not cells or all(c.strip() == "" for c in cells):
@@ -128,11 +212,23 @@ def parse_csv(text: str, source: str = "<input>") -> list[Row]:
     return rows
 
 
-def parse_json(text: str, source: str = "<input>") -> list[Row]:
+def load_json(text: str, source: str | Path) -> Any:
+    """``json.loads`` with one-sentence errors, for records and meta files.
+
+    Raises:
+        RecordsError: invalid JSON, or JSON nested deeper than Python's parser goes (about
+            a thousand levels; gradscope's own files are three deep).
+    """
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise RecordsError(f"{source} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise RecordsError(f"{source} is JSON nested too deeply to be records") from None
+
+
+def parse_json(text: str, source: str = "<input>") -> list[Row]:
+    data = load_json(text, source)
     if isinstance(data, Mapping):
         for key in ("records", "rows", "data"):
             if isinstance(data.get(key), list):
@@ -155,8 +251,7 @@ def read_records(source: str | Path, stdin: Any = None) -> list[Row]:
     """
     name = str(source)
     if name == "-":
-        stream = stdin if stdin is not None else sys.stdin
-        text = stream.read()
+        text = _read_stdin(stdin if stdin is not None else sys.stdin)
         name = "stdin"
     else:
         path = Path(source)
@@ -178,6 +273,17 @@ def read_records(source: str | Path, stdin: Any = None) -> list[Row]:
             raise RecordsError(f"{name} holds no records (an empty JSON list)")
         raise RecordsError(f"{name} has a header but no records")
     return rows
+
+
+def _read_stdin(stream: Any) -> str:
+    """All of stdin as UTF-8 text (read as bytes when it has them, so binary input is one
+    sentence, not a decoding traceback)."""
+    raw = getattr(stream, "buffer", None)
+    try:
+        data = raw.read() if raw is not None else stream.read()
+        return data.decode("utf-8") if isinstance(data, bytes) else data
+    except UnicodeDecodeError:
+        raise RecordsError("stdin is not text (expected CSV or JSON records)") from None
 
 
 def schema(record_type: type) -> list[str]:

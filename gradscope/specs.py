@@ -37,6 +37,13 @@ from gradscope.options import (
 
 E = TypeVar("E", bound=Enum)
 
+# Upfront bounds on the synthetic nets (the memory guard bounds width, batch and repeats):
+# a layer costs about 1 ms a repeat on a CPU core whatever its width, so 10,000 layers is
+# already minutes a repeat; a gain above 1e6 overflows float32 within six layers (and its
+# square, float64 at 1.3e154).
+MAX_DEPTH = 10_000
+MAX_GAIN = 1e6
+
 
 NORM_EPS = 1e-5
 CONV_KERNEL = 3  # 3×3 convolutions, stride 1, zero padding 1 (the spatial size is kept)
@@ -229,8 +236,10 @@ def validate(spec: NetSpec) -> None:
     """Raise SpecError with one sentence for an impossible configuration."""
     if spec.init is Init.auto:
         raise SpecError("internal: resolve init auto before building a NetSpec")
-    if spec.depth < 1:
-        raise SpecError(f"depth must be at least 1, got {spec.depth}")
+    if not 1 <= spec.depth <= MAX_DEPTH:
+        raise SpecError(
+            f"{{option}} must be from 1 to {MAX_DEPTH}, got {spec.depth}", option="depth"
+        )
     if spec.width < 1:
         raise SpecError(f"width must be at least 1, got {spec.width}")
     if spec.batch < 1:
@@ -239,8 +248,11 @@ def validate(spec: NetSpec) -> None:
         raise SpecError(f"batchnorm needs a batch of at least 2, got {spec.batch}")
     if spec.norm is Norm.layernorm and spec.width < 2:
         raise SpecError(f"layernorm needs a width of at least 2, got {spec.width}")
-    if not (math.isfinite(spec.gain) and spec.gain > 0):
-        raise SpecError(f"gain must be a positive number, got {spec.gain:g}")
+    if not (math.isfinite(spec.gain) and 0 < spec.gain <= MAX_GAIN):
+        raise SpecError(
+            f"{{option}} must be a positive number up to {MAX_GAIN:g}, got {spec.gain:g}",
+            option="gain",
+        )
     if spec.arch.is_resnet and spec.depth % 2:
         raise SpecError(
             f"a resnet has a skip every two layers, so its depth must be even, got {spec.depth}"

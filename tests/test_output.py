@@ -225,7 +225,7 @@ def test_split_screen_table_repeats_every_configuration_column_that_varies() -> 
     for table in tables:
         names = [str(c.header).replace("\n", "") for c in table.columns]
         assert names[:2] == ["activation", "input_std"]
-    assert tables[0].columns[2].header.replace("\n", "") == "rate_per_layer"
+    assert str(tables[0].columns[2].header).replace("\n", "") == "rate_per_layer"
 
 
 def test_headline_comes_right_after_the_row_names_only_in_tables() -> None:

@@ -87,7 +87,7 @@ def test_summary_records_and_plot(tmp_path: Path) -> None:
             "--residual-scale zero-gamma applies to the resnet archs only",
         ),
         (["--arch", "resnet", "--norm", "none", "--residual-scale", "zero-gamma"], "zero-gamma"),
-        (["--depth", "0"], "depth must be at least 1, got 0"),
+        (["--depth", "0"], "depth must be from 1 to 10000, got 0"),
         (["--depth", "4,,8"], "comma-separated list without empty items"),
         (["--width", "wide"], "--width takes whole numbers, got 'wide'"),
         (["--gain", "-1"], "gain must be a positive number"),

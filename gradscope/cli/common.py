@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
 import os
@@ -19,6 +20,7 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from gradscope.errors import GradscopeError, SpecError
 from gradscope.options import Format
+from gradscope.records import printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -117,18 +119,40 @@ PARAMETER_FLAGS = {"steps": "--train-steps", "fmt": "--format"}
 
 def error(message: str) -> None:
     """One line on stderr: ``Error: <message>``."""
-    sys.stderr.write(f"Error: {message}\n")
-    sys.stderr.flush()
+    _stderr_line(f"Error: {printable(message)}")
 
 
 def warn(message: str) -> None:
-    sys.stderr.write(f"Warning: {message}\n")
-    sys.stderr.flush()
+    """One line on stderr: ``Warning: <message>``."""
+    _stderr_line(f"Warning: {printable(message)}")
 
 
 def note(message: str) -> None:
-    sys.stderr.write(f"{message}\n")
+    """A message on stderr (``Verdict: ...``, ``wrote FILE``); its own line breaks stay."""
+    _stderr_line(printable(message, newlines=True))
+
+
+def _stderr_line(text: str) -> None:
+    """Messages quote names from files and the command line: :func:`printable` shows their
+    control characters as escapes (an OSC or CSI sequence in a layer name must not drive the
+    terminal)."""
+    sys.stderr.write(text + "\n")
     sys.stderr.flush()
+
+
+# A failed write, never a failed read: stdout on a full disk, ``> /dev/full``, over quota.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null, so that what is still buffered for a stdout that failed
+    (or whose reader went away) is not written again, with a traceback, at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def user_errors(func: F) -> F:
@@ -140,15 +164,20 @@ def user_errors(func: F) -> F:
             return func(*args, **kwargs)
         except GradscopeError as exc:
             error(exc.cli_message(PARAMETER_FLAGS))
+            if type(exc).__name__ == "StdoutError":
+                silence_stdout()
             raise typer.Exit(1) from None
         except BrokenPipeError:
             # The reader went away (e.g. `| head`): stop quietly, like other Unix tools.
-            try:
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, sys.stdout.fileno())
-            except (OSError, ValueError):
-                pass
+            silence_stdout()
             raise typer.Exit(0) from None
+        except OSError as exc:
+            if exc.errno not in WRITE_ERRNOS:
+                raise
+            # Output that was not an -o file (those fail with an OutputError): stdout.
+            error(f"cannot write to stdout: {exc.strerror}")
+            silence_stdout()
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from gradscope._version import __version__
-from gradscope.cli.common import Command, Group, help_text, user_errors
+from gradscope.cli.common import Command, Group, error, help_text, silence_stdout, user_errors
 
 # In the order of the workflow: theory, measurement, trained checkpoints, figures.
 COMMANDS = {
@@ -125,4 +125,18 @@ def main(argv: list[str] | None = None) -> None:
             raise
         sys.stderr.write(f"Error: {message}\n")
         sys.exit(2)
-    sys.exit(code if isinstance(code, int) else 0)
+    sys.exit(_flushed(code if isinstance(code, int) else 0))
+
+
+def _flushed(code: int) -> int:
+    """``code``, once what is buffered for stdout is written; 1 with one line when it cannot
+    be (``> /dev/full``), 0 quietly when the reader went away (``| head``)."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        silence_stdout()
+    except OSError as exc:
+        error(f"cannot write to stdout: {exc.strerror or exc}")
+        silence_stdout()
+        return 1
+    return code

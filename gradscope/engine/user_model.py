@@ -39,13 +39,15 @@ from torch import nn
 from gradscope.engine.runner import (
     _counter,
     _fork_available,
+    default_max_memory,
     default_workers,
+    format_bytes,
     intra_op_threads,
     make_process_pool,
     resolve_device,
     run_window,
 )
-from gradscope.errors import GradscopeError, SpecError
+from gradscope.errors import GradscopeError, ResourceError, SpecError
 from gradscope.options import Device, Dtype, Reinit
 from gradscope.schema import ModelLayerRecord, ModelSummaryRecord, Result
 from gradscope.specs import ModelRequest, ModelSpec, check_seed
@@ -443,12 +445,38 @@ def _child_repeats(first: int, count: int) -> list[Measured]:
     return [_CHILD_RUNNER.repeat(k) for k in range(first, first + count)]
 
 
+# The input and its gradient, and at least two activations of the same size in any model
+# that does something with it: a lower bound, enough to refuse ``--input-shape 100000,100000``
+# before the allocator fails on it.
+INPUT_COPIES = 4
+
+
+def _check_input_memory(request: ModelRequest) -> None:
+    """Refuse, before the model is built, inputs whose batch alone does not fit in half the
+    memory available (see gradscope.engine.runner.default_max_memory).
+
+    Raises:
+        ResourceError: one sentence with the estimate and the limit.
+    """
+    item = 4 if request.dtype is Dtype.float32 else 8
+    need = INPUT_COPIES * item * request.batch * math.prod(request.spec.input_shape)
+    limit = default_max_memory()
+    if need > limit:
+        shape = ",".join(str(n) for n in request.spec.input_shape)
+        raise ResourceError(
+            f"inputs of shape {shape} in batches of {request.batch} need at least "
+            f"{format_bytes(need)}, above half the memory available ({format_bytes(limit)}); "
+            "lower {--input_shape} or {--batch}"
+        )
+
+
 class _ModelRunner:
     """One ``--model`` run: fresh parameters per repeat, one forward and backward each."""
 
     def __init__(
         self, request: ModelRequest, seed: int, factory: Callable[..., Any] | None = None
     ) -> None:
+        _check_input_memory(request)
         self.spec, self.batch, self.seed = request.spec, request.batch, seed
         self.repeats = request.repeats
         self.device = resolve_device(request.device)

@@ -29,6 +29,7 @@ from gradscope.plot.canvas import (
     check_figure_options,
     new_figure,
     plain_log_labels,
+    set_title,
     style_context,
 )
 from gradscope.plot.spec import PlotSpec, Series, build_spec, is_training_rows
@@ -99,10 +100,10 @@ def plot_records(
         RecordsError, SpecError, OutputError: bad records, options or output path.
     """
     rows = list(rows)
+    check_figure_options(size, dpi, style, title)
     if kind is None and x is None and rows and is_training_rows(as_rows(rows[:1])[0]):
         # Per-layer training records: a heatmap over (layer, step) and sigma at the end.
         _refuse_heatmap_options(hue=hue, logy=logy, reverse_x=reverse_x)
-        check_figure_options(size, dpi, style)
         return plot_training(
             rows, out, value=y or "grad_norm_mean", title=title, size=size, dpi=dpi, style=style
         )
@@ -305,7 +306,7 @@ def _set_scales_and_labels(fig: Figure, ax: Any, spec: PlotSpec) -> None:
     ax.grid(True, which="major", alpha=0.3)
     ax.set_axisbelow(True)
     if spec.title:
-        fig.suptitle(spec.title)
+        set_title(fig, spec.title)
 
 
 def _decades(spec: PlotSpec) -> float:

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from gradscope.errors import RecordsError, SpecError
-from gradscope.plot.canvas import new_figure, plain_log_labels, style_context
+from gradscope.plot.canvas import new_figure, plain_log_labels, set_title, style_context
 from gradscope.plot.spec import is_training_rows
 from gradscope.plot.write import draw_to_file
 from gradscope.records import Row, as_rows
@@ -115,7 +115,7 @@ def training_figure(
         _draw_sigma_panel(axes[len(grids)], configs, rows)
     for ax in axes[n:]:
         ax.set_visible(False)
-    fig.suptitle(title or f"{LABELS.get(value, value).capitalize()} over training")
+    set_title(fig, title or f"{LABELS.get(value, value).capitalize()} over training")
     return fig
 
 

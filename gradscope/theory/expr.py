@@ -9,8 +9,11 @@ functions) is rejected before evaluation.
 from __future__ import annotations
 
 import ast
+import contextlib
 import math
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,13 +62,90 @@ class ExprActivation:
     kinks: tuple[float, ...]
 
 
-def _check_syntax(text: str) -> None:
+# Bounds on a user expression, checked before SymPy sees it: an activation is a short
+# formula, and SymPy's work grows without bound in its size, its nesting (recursion) and its
+# numbers (``9**9**9`` is an integer of 370 million digits, computed exactly).
+MAX_EXPR_CHARS = 1000
+MAX_EXPR_NODES = 300
+MAX_EXPR_DEPTH = 40  # levels of nested calls and operators
+MAX_CONSTANT = 1e300  # any constant part, evaluated in floating point
+SYMPY_SECONDS = 10.0  # parsing, differentiating and solving for kinks, together
+
+
+def _parse_tree(text: str) -> ast.Expression:
+    """The expression's syntax tree, within ``MAX_EXPR_CHARS``, ``MAX_EXPR_NODES`` and
+    ``MAX_EXPR_DEPTH``."""
+    if len(text) > MAX_EXPR_CHARS:
+        raise ExpressionError(
+            f"the expression is {len(text)} characters long, over the {MAX_EXPR_CHARS} "
+            "gradscope reads"
+        )
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError as exc:
         raise ExpressionError(
             f"cannot parse the expression {text!r}: {exc.msg} at column {exc.offset}"
         ) from None
+    except (RecursionError, MemoryError, ValueError):
+        raise ExpressionError(f"the expression {text[:40]!r}... is too deeply nested") from None
+    nodes, depth = 0, 0
+    level: list[ast.AST] = [tree.body]
+    while level:
+        depth += 1
+        nodes += len(level)
+        level = [child for node in level for child in ast.iter_child_nodes(node)]
+    if depth > MAX_EXPR_DEPTH or nodes > MAX_EXPR_NODES:
+        raise ExpressionError(
+            f"the expression {text[:40]!r}... has {nodes} parts nested {depth} deep, over the "
+            f"{MAX_EXPR_NODES} parts and {MAX_EXPR_DEPTH} levels gradscope reads"
+        )
+    return tree
+
+
+_ARITHMETIC: dict[type, Callable[[Any, Any], Any]] = {
+    ast.Add: lambda a, b: a + b,
+    ast.Sub: lambda a, b: a - b,
+    ast.Mult: lambda a, b: a * b,
+    ast.Div: lambda a, b: a / b,
+    ast.Pow: lambda a, b: a**b,
+}
+
+
+def _constant(node: ast.AST, text: str) -> Any:
+    """The value of a constant part of the expression in floating point (None where it holds
+    x or a function), refusing any over ``MAX_CONSTANT``: SymPy would compute it exactly."""
+    value: Any = None
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+        value = float(node.value)
+    elif isinstance(node, ast.Name) and node.id in CONSTANTS:
+        value = math.pi if node.id == "pi" else math.e
+    elif isinstance(node, ast.UnaryOp):
+        operand = _constant(node.operand, text)
+        if operand is not None and isinstance(node.op, (ast.USub, ast.UAdd)):
+            value = -operand if isinstance(node.op, ast.USub) else operand
+    elif isinstance(node, ast.BinOp):
+        left, right = _constant(node.left, text), _constant(node.right, text)
+        operation = _ARITHMETIC.get(type(node.op))
+        if left is not None and right is not None and operation is not None:
+            try:
+                value = operation(left, right)
+            except OverflowError:
+                value = math.inf
+            except (ZeroDivisionError, ValueError):
+                value = None
+    else:
+        for child in ast.iter_child_nodes(node):
+            _constant(child, text)
+    if value is not None and not abs(value) <= MAX_CONSTANT:
+        raise ExpressionError(
+            f"a number in the expression {text!r} is over {MAX_CONSTANT:g} "
+            f"({ast.unparse(node)}): gradscope will not compute it"
+        )
+    return value
+
+
+def _check_syntax(text: str) -> None:
+    tree = _parse_tree(text)
     allowed_names = {"x", *FUNCTIONS, *CONSTANTS}
     for node in ast.walk(tree):
         if isinstance(node, ast.Name) and node.id not in allowed_names:
@@ -93,14 +173,17 @@ def _check_syntax(text: str) -> None:
             raise ExpressionError(f"the expression {text!r} may only contain numbers and x")
     if not any(isinstance(n, ast.Name) and n.id == "x" for n in ast.walk(tree)):
         raise ExpressionError(f"the expression {text!r} does not use x")
+    _constant(tree.body, text)
 
 
 def parse_expression(text: str) -> ExprActivation:
     """Parse ``text`` into g and its exact derivative g'.
 
     Raises:
-        ExpressionError: a syntax error, an unknown name, SymPy missing, or a g that is not
-            real and finite at ordinary inputs.
+        ExpressionError: a syntax error, an unknown name, an expression over the bounds
+            (``MAX_EXPR_CHARS``, ``MAX_EXPR_NODES``, ``MAX_EXPR_DEPTH``, ``MAX_CONSTANT``,
+            ``SYMPY_SECONDS``), SymPy missing, or a g that is not real and finite at
+            ordinary inputs.
     """
     text = text.strip()
     if not text:
@@ -108,12 +191,38 @@ def parse_expression(text: str) -> ExprActivation:
     _check_syntax(text)
     try:
         import sympy
-        from sympy.parsing.sympy_parser import parse_expr
     except ImportError:  # pragma: no cover - depends on the environment
         raise ExpressionError(
             "--expr needs SymPy: pip install -e '.[expr]' from a gradscope checkout "
             "(or pip install sympy)"
         ) from None
+    try:
+        with _time_limit(SYMPY_SECONDS):
+            activation = _symbolic(sympy, text)
+    except _TimeUp:
+        raise ExpressionError(
+            f"SymPy took over {SYMPY_SECONDS:g} s on the expression {text!r}; simplify it"
+        ) from None
+    except RecursionError:
+        raise ExpressionError(f"the expression {text!r} is too deeply nested for SymPy") from None
+    probe = np.linspace(-3.0, 3.0, 13)
+    with np.errstate(all="ignore"):
+        gv = np.asarray(activation.g(probe), dtype=complex)
+        dv = np.asarray(activation.dg(probe), dtype=complex)
+    if not (np.all(np.isfinite(gv)) and np.all(np.abs(gv.imag) < 1e-12)):
+        raise ExpressionError(
+            f"the expression {text!r} is not real and finite for x in [-3, 3] "
+            "(e.g. log or sqrt of a negative number)"
+        )
+    if not np.all(np.isfinite(dv)):
+        raise ExpressionError(f"the derivative of {text!r} is not finite for x in [-3, 3]")
+    return activation
+
+
+def _symbolic(sympy: Any, text: str) -> ExprActivation:
+    """g, g' and the kinks of a checked expression, with SymPy."""
+    from sympy.parsing.sympy_parser import parse_expr
+
     x = sympy.Symbol("x", real=True)
     local: dict[str, Any] = {
         "x": x,
@@ -140,19 +249,34 @@ def parse_expression(text: str) -> ExprActivation:
     dg_expr = sympy.diff(g_expr, x)
     g = _lambdify(sympy, x, g_expr)
     dg = _lambdify(sympy, x, dg_expr)
-    kinks = _kinks(sympy, x, g_expr)
-    probe = np.linspace(-3.0, 3.0, 13)
-    with np.errstate(all="ignore"):
-        gv = np.asarray(g(probe), dtype=complex)
-        dv = np.asarray(dg(probe), dtype=complex)
-    if not (np.all(np.isfinite(gv)) and np.all(np.abs(gv.imag) < 1e-12)):
-        raise ExpressionError(
-            f"the expression {text!r} is not real and finite for x in [-3, 3] "
-            "(e.g. log or sqrt of a negative number)"
-        )
-    if not np.all(np.isfinite(dv)):
-        raise ExpressionError(f"the derivative of {text!r} is not finite for x in [-3, 3]")
-    return ExprActivation(text, str(dg_expr), g, dg, kinks)
+    return ExprActivation(text, str(dg_expr), g, dg, _kinks(sympy, x, g_expr))
+
+
+class _TimeUp(BaseException):
+    """Raised in the main thread when SymPy's time is up: a BaseException, so that SymPy's
+    own ``except Exception`` clauses do not swallow it."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Raise :class:`_TimeUp` in the block after ``seconds`` (SIGALRM: only in the main
+    thread of a Unix process; elsewhere the block runs unbounded, and the expression bounds
+    above keep it short)."""
+    usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if not usable:
+        yield
+        return
+
+    def time_up(signum: int, frame: Any) -> None:
+        raise _TimeUp
+
+    previous = signal.signal(signal.SIGALRM, time_up)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _lambdify(sympy: Any, x: Any, expr: Any) -> Callable[[np.ndarray], np.ndarray]:

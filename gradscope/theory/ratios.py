@@ -356,6 +356,11 @@ def _int_param(text: str, what: str, meaning: str) -> int:
         raise SpecError(f"the {meaning} of {what} must be an integer, got {value!r}") from None
 
 
+# Input stds per activation: each is a quadrature (a few ms), so a grid of a thousand is
+# seconds per activation, and ten million would be hours.
+MAX_INPUT_STDS = 1000
+
+
 def parse_input_std(text: str) -> list[float]:
     """``1``, a list ``0.5,1,2`` or a log-spaced range ``start:stop:count`` (``0.25:4:16``)."""
     text = text.strip()
@@ -365,10 +370,10 @@ def parse_input_std(text: str) -> list[float]:
             if len(parts) != 3:
                 raise ValueError
             start, stop, count = float(parts[0]), float(parts[1]), int(parts[2])
-            if count < 1 or start <= 0 or stop <= 0:
+            if not 1 <= count <= MAX_INPUT_STDS or start <= 0 or stop <= 0:
                 raise SpecError(
-                    f"an input-std range start:stop:count needs positive ends and "
-                    f"count ≥ 1, got {text!r}"
+                    f"an input-std range start:stop:count needs positive ends and a count "
+                    f"from 1 to {MAX_INPUT_STDS}, got {text!r}"
                 )
             values = (
                 [float(f"{v:.15g}") for v in np.geomspace(start, stop, count)]
@@ -383,6 +388,11 @@ def parse_input_std(text: str) -> list[float]:
             f"0.25:4:16, got {text!r}",
             option="input_std",
         ) from None
+    if len(values) > MAX_INPUT_STDS:
+        raise SpecError(
+            f"{{option}} takes at most {MAX_INPUT_STDS} values, got {len(values)}",
+            option="input_std",
+        )
     for v in values:
         if not (v > 0 and math.isfinite(v)):
             raise SpecError(f"input std must be positive and finite, got {v:g}")
