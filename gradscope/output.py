@@ -19,7 +19,6 @@ from typing import IO, Any
 
 from gradscope.errors import OutputError
 from gradscope.options import Format
-from gradscope.provenance import meta_json, sidecar_path
 from gradscope.records import Row, as_rows, printable, to_csv, to_json
 
 SUFFIX_FORMATS = {".csv": Format.csv, ".json": Format.json, ".txt": Format.table}
@@ -651,9 +650,13 @@ def emit(
         with stdout_errors():
             _print(records, concrete, out, err, is_tty, tables, meta)
             out.flush()
-    if meta is not None and meta_file is None and output is not None:
+    if meta is None:
+        return
+    from gradscope.provenance import meta_json, sidecar_path  # not on the ratios path
+
+    if meta_file is None and output is not None:
         meta_file = sidecar_path(output) if concrete is not Format.json else None
-    if meta is not None and meta_file is not None:
+    if meta_file is not None:
         write_atomic(meta_file, meta_json(meta))
 
 

@@ -329,9 +329,10 @@ def test_sympy_time_limit(monkeypatch: pytest.MonkeyPatch) -> None:
             "of memory free on this machine (RAM and swap), whatever --max-memory says",
         ),
         (
-            ["simulate", "--max-memory", "1000000000TiB", "--depth", "2", "--width", "10000000"],
+            ["simulate", "--max-memory", "100000TiB", "--depth", "2", "--width", "10000000"],
             "whatever --max-memory says",
         ),
+        (["simulate", "--max-memory", "1" + "0" * 400], "is beyond any machine's memory"),
     ],
 )
 def test_size_bounds(cli: CliRun, args: list[str], fragment: str) -> None:

@@ -84,7 +84,10 @@ def parse_memory(text: str) -> int:
         )
     unit = m.group(2) or ""
     factor = _IUNITS[unit] if unit.endswith("i") else _UNITS[unit]
-    return int(float(m.group(1)) * factor)
+    value = float(m.group(1)) * factor
+    if not value < 2**63:  # also inf, from a number with hundreds of digits
+        raise SpecError(f"{{option}} {text!r} is beyond any machine's memory", option="max_memory")
+    return int(value)
 
 
 def _choices(kind: Any) -> str:
