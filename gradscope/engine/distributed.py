@@ -283,14 +283,18 @@ def start(device: str) -> Cluster | None:
     if device.startswith("cuda"):
         torch.cuda.set_device(local_rank)
         backend = "nccl"
-    if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
-    client = dist.TCPStore(
-        os.environ["MASTER_ADDR"],
-        int(os.environ["MASTER_PORT"]),
-        is_master=False,
-        timeout=datetime.timedelta(minutes=5),
-    )
+    try:
+        if not dist.is_initialized():
+            dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+        client = dist.TCPStore(
+            os.environ["MASTER_ADDR"],
+            int(os.environ["MASTER_PORT"]),
+            is_master=False,
+            timeout=datetime.timedelta(minutes=5),
+        )
+    except (RuntimeError, ValueError, OSError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DistributedError(f"cannot join torchrun's process group: {first}") from None
     restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     store = dist.PrefixStore(f"gradscope/{restart}/", client)
     return Cluster(rank, world_size, local_rank, store)
