@@ -48,6 +48,11 @@ class DistributedError(GradscopeError):
     """Another rank failed or vanished: this rank stops, writing nothing."""
 
 
+def ranks_per_machine(cluster: Cluster | None) -> int:
+    """How many processes of the run share this machine's cores."""
+    return 1 if cluster is None else max(1, cluster.local_world_size)
+
+
 def launched_by_torchrun() -> bool:
     """Whether torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) is set."""
     return all(name in os.environ for name in TORCHRUN_VARIABLES)
@@ -130,6 +135,7 @@ class Cluster:
     world_size: int
     local_rank: int
     store: Any
+    local_world_size: int = 1  # ranks on this machine, which share its cores
     payload_bytes: int = 0
     sync_seconds: float = 0.0
     wait_seconds: float = 0.0
@@ -297,4 +303,5 @@ def start(device: str) -> Cluster | None:
         raise DistributedError(f"cannot join torchrun's process group: {first}") from None
     restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     store = dist.PrefixStore(f"gradscope/{restart}/", client)
-    return Cluster(rank, world_size, local_rank, store)
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return Cluster(rank, world_size, local_rank, store, local_world_size)

@@ -134,9 +134,10 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def default_workers(device: str) -> int:
-    """One worker per CPU core available to this process (1 on CUDA)."""
-    return available_cores() if device == "cpu" else 1
+def default_workers(device: str, processes_per_machine: int = 1) -> int:
+    """One worker per CPU core available to this process (1 on CUDA), the cores shared among
+    ``processes_per_machine`` (torchrun's ranks on one node)."""
+    return max(1, available_cores() // processes_per_machine) if device == "cpu" else 1
 
 
 # Below this much arithmetic (≈ 2 s of work on one core) starting worker processes costs more

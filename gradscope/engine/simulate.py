@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from gradscope.engine.distributed import Cluster, run_in_order
+from gradscope.engine.distributed import Cluster, ranks_per_machine, run_in_order
 from gradscope.engine.runner import (
     _check_memory,
     _use_processes,
@@ -252,7 +252,8 @@ def run(
     stop = stop or threading.Event()  # shared with the other ranks' stops
     specs, repeats = list(request.specs), request.repeats
     dev = resolve_device(request.device)
-    n_workers = min(request.workers or default_workers(dev), available_cores())
+    n_workers = request.workers or default_workers(dev, ranks_per_machine(cluster))
+    n_workers = min(n_workers, available_cores())
     n_chunk = request.chunk or (1 if dev == "cpu" else 64)
     _check_memory(request, in_flight=n_chunk if n_chunk > 1 else 2 * n_workers)
     predictions = [predict(spec) for spec in specs]

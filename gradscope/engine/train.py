@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradscope.engine.distributed import Cluster, run_in_order
+from gradscope.engine.distributed import Cluster, ranks_per_machine, run_in_order
 from gradscope.engine.draws import draw_conv_repeat, draw_repeat, torch_dtype
 from gradscope.engine.layers import activation_forward
 from gradscope.engine.runner import (
@@ -690,11 +690,12 @@ def run(
     stop = stop or threading.Event()  # shared with the other ranks' stops
     device = resolve_device(request.device)
     total = request.config.steps * request.repeats * len(request.specs)
+    share = ranks_per_machine(cluster)
     t0 = time.perf_counter()
 
     def compute(c: int, first: int, end: int, tick: Callable[[int], None]) -> list[Any]:
         keep = request.save_checkpoint is not None and c == 0
-        return _train_repeats(request, c, range(first, end), seed, device, keep, tick)
+        return _train_repeats(request, c, range(first, end), seed, device, keep, tick, share)
 
     # One intra-op thread per repeat and repeats on worker threads, as simulate: on a busy
     # CPU, two intra-op threads on small matrices run tens of times slower than one, and the
@@ -757,11 +758,12 @@ def _train_repeats(
     device: str,
     keep: bool,
     tick: Callable[[int], None] | None,
+    share: int = 1,
 ) -> list[tuple[RepeatTrace, dict[str, Any] | None]]:
     """Train ``repeats`` of configuration ``c``: per repeat its trace, and repeat 0's trained
     state dict (on the CPU) when ``keep``."""
     spec = request.specs[c]
-    workers = min(request.workers or default_workers(device), available_cores())
+    workers = min(request.workers or default_workers(device, share), available_cores())
 
     def one(r: int) -> tuple[RepeatTrace, dict[str, Any] | None]:
         trace, model = train_repeat(

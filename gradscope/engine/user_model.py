@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gradscope.engine.distributed import Cluster, run_in_order
+from gradscope.engine.distributed import Cluster, ranks_per_machine, run_in_order
 from gradscope.engine.runner import (
     _fork_available,
     available_cores,
@@ -439,7 +439,8 @@ def measure_model(
     if runner.device != "cpu":
         return runner.run(progress, stop, cluster=cluster)
     with intra_op_threads(1):
-        workers = min(workers or default_workers("cpu"), available_cores())
+        share = ranks_per_machine(cluster)
+        workers = min(workers or default_workers("cpu", share), available_cores())
         return runner.run(progress, stop, workers, cluster)
 
 
