@@ -70,7 +70,10 @@ def child(mode: str, repeats: int) -> None:
 
 
 def _run(command: list[str]) -> tuple[dict[str, Any], float]:
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "PYTHONPATH": str(HERE.parent.parent)}
+    # OMP_NUM_THREADS=1 as torchrun sets it: without it, the single process's forked workers
+    # inherit an OpenMP pool and run 1.3-1.6× slower here, which is not what is compared.
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "PYTHONPATH": str(HERE.parent.parent),
+           "OMP_NUM_THREADS": "1"}  # fmt: skip
     t0 = time.perf_counter()
     out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     wall = time.perf_counter() - t0
