@@ -20,17 +20,10 @@ from typing import Any
 
 import pytest
 
+from gradscope import specs
 from gradscope.engine import run as engine_run
 from gradscope.engine.distributed import assemble, split_work
 from gradscope.records import parse_csv
-from gradscope.specs import (
-    ModelRequest,
-    ModelSpec,
-    SimulateRequest,
-    TrainRequest,
-    build_specs,
-    make_config,
-)
 
 ROOT = Path(__file__).resolve().parent.parent
 POSIX = pytest.mark.skipif(sys.platform != "linux", reason="Linux signals and /proc")
@@ -105,18 +98,19 @@ def _records(request: Any, cluster: Any = None) -> list[Any]:
 
 @pytest.mark.parametrize("world", [2, 3, 5])
 def test_any_split_of_a_sweep_gives_the_same_records(world: int, tmp_path: Path) -> None:
-    specs = build_specs(arch=["plain", "resnet", "plain-conv"], depth=[4], width=[6], batch=[4],
-                        image_size=8)  # fmt: skip
-    request = SimulateRequest(tuple(specs), repeats=4, workers=1, resamples=50)
+    nets = specs.build_specs(arch=["plain", "resnet", "plain-conv"], depth=[4], width=[6],
+                             batch=[4], image_size=8)  # fmt: skip
+    request = specs.SimulateRequest(nets, repeats=4, workers=1, resamples=50)
     assert _records(request, _SequentialCluster(world)) == _records(request)
-    config = make_config(task="gaussian-classes", optimizer="momentum", lr=0.05, weight_decay=0.01,
-                         clip_grad_norm=None, steps=3, record_every=2, classes=3, samples=8,
-                         momentum=0.9)  # fmt: skip
-    train = TrainRequest(tuple(specs[:1] + specs[2:]), config, repeats=3, workers=1,
-                         resamples=50)  # fmt: skip
+    config = specs.make_config(task="gaussian-classes", optimizer="momentum", lr=0.05,
+                               weight_decay=0.01, clip_grad_norm=None, steps=3, record_every=2,
+                               classes=3, samples=8, momentum=0.9)  # fmt: skip
+    train = specs.TrainRequest(tuple(nets[:1] + nets[2:]), config, repeats=3, workers=1,
+                               resamples=50)  # fmt: skip
     assert _records(train, _SequentialCluster(world)) == _records(train)
     (tmp_path / "tiny.py").write_text(TINY_MODEL)
-    model = ModelRequest(ModelSpec(f"{tmp_path}/tiny.py:make_model", {}, (2, 4, 4)), 4, 4)
+    spec = specs.ModelSpec(f"{tmp_path}/tiny.py:make_model", {}, (2, 4, 4))
+    model = specs.ModelRequest(spec, 4, 4)
     assert _records(model, _SequentialCluster(world)) == _records(model)
 
 

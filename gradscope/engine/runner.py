@@ -355,32 +355,16 @@ def _add(stats: LayerStats, res: RepeatValues) -> None:
     )
 
 
-def run_configuration(
-    spec: NetSpec,
-    repeats: int,
-    seed: int,
-    *,
-    dtype: Dtype = Dtype.float32,
-    device: str = "cpu",
-    workers: int | None = None,
-    chunk: int | None = None,
-    backend: Backend = Backend.auto,
-    pool: Any = None,
-    progress: Tick | None = None,
-    stop: threading.Event | None = None,
-) -> LayerStats:
+def run_configuration(spec: NetSpec, repeats: int, seed: int, **options: Any) -> LayerStats:
     """Run ``repeats`` repeats of one configuration and return their merged statistics.
 
     Repeat k always uses the generator seeded by (seed, spec, k), runs on one intra-op thread,
     and is added in repeat order, so the result is bit-identical whatever ``workers``,
     ``backend`` or (on CPU) the process it ran in. When ``stop`` is set (Ctrl-C), the repeats
-    finished so far are returned. The arguments are those of :func:`run_repeats`.
+    finished so far are returned. ``options`` are the keyword arguments of
+    :func:`run_repeats`.
     """
-    values = run_repeats(
-        spec, range(repeats), seed, dtype=dtype, device=device, workers=workers, chunk=chunk,
-        backend=backend, pool=pool, progress=progress, stop=stop,
-    )  # fmt: skip
-    return stats_of(spec, values)
+    return stats_of(spec, run_repeats(spec, range(repeats), seed, **options))
 
 
 def stats_of(spec: NetSpec, values: list[RepeatValues]) -> LayerStats:
