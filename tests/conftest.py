@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -29,6 +30,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="write the output of golden tests to tests/golden/ instead of comparing with it",
     )
+    parser.addoption(
+        "--slow",
+        action="store_true",
+        default=False,
+        help="also run the tests marked slow (GRADSCOPE_SLOW_TESTS=1 does the same)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` (tens of seconds each: 3-rank torchrun sweeps and the like) are
+    skipped, with that reason, unless ``--slow`` or GRADSCOPE_SLOW_TESTS=1; CI runs them."""
+    if config.getoption("--slow") or os.environ.get("GRADSCOPE_SLOW_TESTS"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --slow (CI does)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 class _TerminalRunner(CliRunner):

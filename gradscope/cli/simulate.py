@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -106,6 +107,13 @@ def _int_list(text: str, what: str) -> list[int]:
         except ValueError:
             raise SpecError(f"{{option}} takes whole numbers, got {item!r}", option=what) from None
     return out
+
+
+class Distributed(str, Enum):
+    """``--distributed``: share the sweep among torchrun's ranks (auto) or not (off)."""
+
+    auto = "auto"
+    off = "off"
 
 
 _RESOURCES = "Resources"
@@ -252,6 +260,17 @@ def simulate_command(
             rich_help_panel=_RESOURCES,
         ),
     ] = None,
+    distributed: Annotated[
+        Distributed,
+        typer.Option(
+            "--distributed",
+            case_sensitive=False,
+            help="auto: under torchrun (RANK, WORLD_SIZE, LOCAL_RANK set), share the sweep "
+            "among its ranks, the same output written by rank 0; off: every process runs it "
+            "whole.",
+            rich_help_panel=_RESOURCES,
+        ),
+    ] = Distributed.auto,
     model: Annotated[
         str | None,
         typer.Option(
@@ -481,6 +500,7 @@ _GATE_OPTIONS = {"fail_if_rate_above", "fail_if_amplification_above"}
 # and --from-meta takes them from the command line only.
 _DESTINATIONS = {
     "output", "plot", "meta", "no_meta", "from_meta", "progress", "growth", "save_checkpoint",
+    "distributed",
 }  # fmt: skip
 # What may be given beside --from-meta: destinations, the format, how the machine is used,
 # and the gate's thresholds; everything else is the recorded configuration.
@@ -560,8 +580,8 @@ def _check_gate_and_meta(p: dict[str, Any], given: set[str]) -> None:
 
 
 def _run(p: dict[str, Any], given: set[str], origin: _Origin) -> None:
-    """Build the request of the run the options ask for, run it, report and write; then the
-    gate's verdict."""
+    """Build the request of the run the options ask for, run it (on every torchrun rank),
+    report and write on rank 0; then the gate's verdict."""
     if p["train_steps"] < 0:
         raise SpecError(f"--train-steps must be 0 or more, got {p['train_steps']}")
     Progress.mode = p["progress"]
@@ -570,29 +590,85 @@ def _run(p: dict[str, Any], given: set[str], origin: _Origin) -> None:
     check_outputs(p["fmt"], p["output"], p["plot"], p["save_checkpoint"], p["growth"], p["meta"])
     _check_gate_and_meta(p, given)
     _refuse_unused_options(p, given)
+    _cap_workers(p)
+    request, total, unit, label = _request(p)
+    interrupt = _Interrupt()
+    cluster = _join(p, request)
+    try:
+        root = cluster is None or cluster.is_root
+        if not root:
+            Progress.mode = ProgressMode.none  # rank 0 shows every rank's progress
+        result = _execute(request, p["seed"], total, unit, label, interrupt, cluster)
+        if not root:
+            if result.partial:
+                raise typer.Exit(interrupt.exit_code)
+            return
+        _report(result, request, p)
+        world = 1 if cluster is None else cluster.world_size
+        meta = None if p["no_meta"] else _meta(p, given, result, origin, world)
+        _write(result, p, _title(p, result), meta, interrupt.exit_code)
+        _gate(result, p)
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def _request(p: dict[str, Any]) -> tuple[Any, int, str, str]:
+    """The engine request; the work its progress counts to, the rate's unit and the label."""
     if p["model"] is not None:
-        request: Any = _model_request(p)
-        result = _execute(request, p["seed"], request.repeats)
+        model = _model_request(p)
+        return model, model.repeats, "rep/s", "simulate"
+    if p["train_steps"] > 0:
+        train = _train_request(p)
+        return train, train.config.steps * train.repeats * len(train.specs), "steps/s", "train"
+    request = _simulate_request(p)
+    return request, request.repeats * len(request.specs), "rep/s", "simulate"
+
+
+def _report(result: Any, request: Any, p: dict[str, Any]) -> None:
+    if p["model"] is not None:
         _report_notes(result)
     elif p["train_steps"] > 0:
-        request = _train_request(p)
-        total = request.config.steps * request.repeats * len(request.specs)
-        result = _execute(request, p["seed"], total, "steps/s", "train")
         _report_training(result, request, p["growth"])
     else:
-        request = _simulate_request(p)
-        result = _execute(request, p["seed"], request.repeats * len(request.specs))
         _report_simulation(result, request.dtype)
-    meta = None if p["no_meta"] else _meta(p, given, result, origin)
-    _write(result, p, _title(p, result), meta)
-    _gate(result, p)
 
 
-def _meta(p: dict[str, Any], given: set[str], result: Any, origin: _Origin) -> dict[str, Any]:
+def _cap_workers(p: dict[str, Any]) -> None:
+    """More workers than cores only slow a run down (and ask the OS for processes it cannot
+    run): ``--workers`` is capped at the cores available, with a warning."""
+    if p["workers"] is None:
+        return
+    from gradscope.engine.runner import available_cores
+
+    cores = available_cores()
+    if p["workers"] > cores:
+        warn(f"--workers {p['workers']} is more than the {cores} cores available: using {cores}")
+        p["workers"] = cores
+
+
+def _join(p: dict[str, Any], request: Any) -> Any:
+    """torchrun's ranks (a :class:`gradscope.engine.distributed.Cluster`) with
+    ``--distributed auto`` under torchrun, else None."""
+    if p["distributed"] is Distributed.off:
+        return None
+    from gradscope.engine.distributed import launched_by_torchrun, start
+
+    if not launched_by_torchrun():
+        return None
+    from gradscope.engine.runner import resolve_device
+
+    return start(resolve_device(request.device))
+
+
+def _meta(
+    p: dict[str, Any], given: set[str], result: Any, origin: _Origin, world_size: int
+) -> dict[str, Any]:
     """The provenance of a run (see gradscope.provenance): ``options`` holds every option
     that says what runs, defaults included, as ``--from-meta`` replays them; the resolved
     values (``init`` auto → he, ``device`` auto → cpu) are in ``configurations`` and
-    ``device``."""
+    ``device``; ``world_size`` is the number of torchrun ranks that shared it (1: one
+    process)."""
     from gradscope.engine.runner import resolve_device
 
     meta = new_meta("simulate", origin.command_line, origin.started, time.time() - origin.started)
@@ -601,6 +677,7 @@ def _meta(p: dict[str, Any], given: set[str], result: Any, origin: _Origin) -> d
         seed=p["seed"],
         repeats=p["repeats"],
         device=resolve_device(p["device"]),
+        world_size=world_size,
         prediction_basis=_unique(
             getattr(s, "prediction_basis", None)
             for s in [*result.summary, *getattr(result, "weight_growth", [])]
@@ -726,29 +803,45 @@ def _build_specs(p: dict[str, Any], conv: bool) -> list[Any]:
     )
 
 
+class _Interrupt:
+    """Ctrl-C and SIGTERM (what a batch scheduler sends): the first asks the run to stop and
+    keep what has finished; a second one stops at once."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.signum: int | None = None
+
+    def handler(self, signum: int, frame: Any) -> None:
+        if self.stop.is_set():
+            if signum == signal.SIGTERM:
+                raise SystemExit(self.exit_code)
+            raise KeyboardInterrupt
+        self.signum = signum
+        self.stop.set()
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal: 143 after SIGTERM, 130 after Ctrl-C (or another rank's stop)."""
+        return 128 + (self.signum or signal.SIGINT)
+
+
 def _execute(
-    request: Any, seed: int, total: int, unit: str = "rep/s", label: str = "simulate"
-) -> Any:
-    """Run the engine with a progress display; the first Ctrl-C asks it to stop and keep what
-    has finished, a second one stops at once."""
+    request: Any, seed: int, total: int, unit: str, label: str, interrupt: _Interrupt,
+    cluster: Any = None,
+) -> Any:  # fmt: skip
+    """Run the engine with a progress display, stopped early by ``interrupt``'s signals."""
     from gradscope.engine import run
 
-    stop = threading.Event()
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-
-    previous = None
+    previous = {}
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGINT, on_sigint)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, interrupt.handler)
     try:
         with Progress(total, unit=unit, label=label) as advance:
-            return run(request, seed=seed, progress=advance, stop=stop)
+            return run(request, seed=seed, progress=advance, stop=interrupt.stop, cluster=cluster)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _report_notes(result: Any) -> None:
@@ -826,9 +919,11 @@ def _partial_message(result: Any, p: dict[str, Any]) -> str:
     return f"interrupted: partial results from {done} completed repeats"
 
 
-def _write(result: Any, p: dict[str, Any], title: str, meta: dict[str, Any] | None) -> None:
+def _write(
+    result: Any, p: dict[str, Any], title: str, meta: dict[str, Any] | None, exit_code: int
+) -> None:
     """Records (or summaries) to stdout or -o, the figure to --plot, the provenance beside
-    them; exit 130 when partial."""
+    them; exit ``exit_code`` (130 after Ctrl-C, 143 after SIGTERM) when partial."""
     if result.partial:
         warn(_partial_message(result, p))
     records: list[Any] = list(result.summary) if p["summary"] else list(result.records)
@@ -842,4 +937,4 @@ def _write(result: Any, p: dict[str, Any], title: str, meta: dict[str, Any] | No
             rows = records if p["model"] is None else result.records
             plot_to_file(rows, p["plot"], meta=meta)
     if result.partial:
-        raise typer.Exit(130)
+        raise typer.Exit(exit_code)

@@ -8,16 +8,21 @@ from the CLI inside its commands, and from ``gradscope.run``/``gradscope.simulat
 
 Layout: ``layers`` (norm, pool and activation forward/backward pairs), ``draws`` (per-repeat
 random numbers), ``mlp`` and ``conv`` (one repeat's forward and backward), ``runner``
-(workers, memory, devices), ``simulate``, ``train`` and ``user_model`` (the three runs).
+(workers, memory, devices), ``distributed`` (torchrun's ranks), ``simulate``, ``train`` and
+``user_model`` (the three runs).
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from gradscope.schema import Result
 from gradscope.specs import ModelRequest, SimulateRequest, TrainRequest
+
+if TYPE_CHECKING:
+    from gradscope.engine.distributed import Cluster
 
 
 def run(
@@ -26,18 +31,20 @@ def run(
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
     stop: threading.Event | None = None,
+    cluster: Cluster | None = None,
 ) -> Result:
-    """Run any engine request (see the module docstring)."""
+    """Run any engine request (see the module docstring); with a ``cluster`` (torchrun's
+    ranks, from :func:`gradscope.engine.distributed.start`), across all its ranks."""
     if isinstance(request, SimulateRequest):
         from gradscope.engine.simulate import run as simulate_run
 
-        return simulate_run(request, seed=seed, progress=progress, stop=stop)
+        return simulate_run(request, seed=seed, progress=progress, stop=stop, cluster=cluster)
     if isinstance(request, TrainRequest):
         from gradscope.engine.train import run as train_run
 
-        return train_run(request, seed=seed, progress=progress, stop=stop)
+        return train_run(request, seed=seed, progress=progress, stop=stop, cluster=cluster)
     if isinstance(request, ModelRequest):
         from gradscope.engine.user_model import run as model_run
 
-        return model_run(request, seed=seed, progress=progress, stop=stop)
+        return model_run(request, seed=seed, progress=progress, stop=stop, cluster=cluster)
     raise TypeError(f"not an engine request: {type(request).__name__}")

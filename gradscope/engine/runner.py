@@ -152,14 +152,18 @@ def intra_op_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def default_workers(device: str) -> int:
-    """One worker thread per CPU core available to this process (1 on CUDA)."""
-    if device != "cpu":
-        return 1
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
+
+
+def default_workers(device: str, processes_per_machine: int = 1) -> int:
+    """One worker per CPU core available to this process (1 on CUDA), the cores shared among
+    ``processes_per_machine`` (torchrun's ranks on one node)."""
+    return max(1, available_cores() // processes_per_machine) if device == "cpu" else 1
 
 
 # Below this much arithmetic (≈ 2 s of work on one core) starting worker processes costs more
@@ -171,12 +175,38 @@ _CHILD_LOCAL = threading.local()
 _CHILD_ACT: dict[ActivationSpec, tuple[Any, Any]] = {}
 
 
-def _child_init() -> None:
-    """Worker process set-up: one intra-op thread; Ctrl-C is the parent's business."""
+def _child_init(parent: int | None = None) -> None:
+    """Worker process set-up: one intra-op thread; Ctrl-C and SIGTERM are the parent's
+    business (it stops the run and keeps what finished); the worker dies with its parent."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    die_with_parent(parent)
     torch.set_num_threads(1)
+
+
+def die_with_parent(parent: int | None) -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux ``prctl``
+    ``PR_SET_PDEATHSIG``); a no-op where that does not exist. ``parent`` is the pid the
+    parent had before the fork: if it is gone already, exit now."""
+    import ctypes
+    import ctypes.util
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)  # the parent died between the fork and the prctl call
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def _process_chunk(
@@ -194,10 +224,13 @@ def _process_chunk(
 
 
 def make_process_pool(workers: int) -> Any:
-    """Worker processes forked from this one (the DataLoader pattern: one thread each).
+    """Worker processes forked from this one (the DataLoader pattern: one thread each), at
+    most one per core available; they die with this process, even on ``kill -9``.
 
-    Fork, not spawn: spawn would re-import the user's ``__main__``.
+    Fork, not spawn: spawn would re-import the user's ``__main__``. PR_SET_PDEATHSIG fires
+    when the forking *thread* ends: every worker is started here, by the caller's thread.
     """
+    workers = min(workers, available_cores())
     import multiprocessing
     import warnings
     from concurrent.futures import ProcessPoolExecutor
@@ -208,6 +241,7 @@ def make_process_pool(workers: int) -> Any:
             max_workers=workers,
             mp_context=multiprocessing.get_context("fork"),
             initializer=_child_init,
+            initargs=(os.getpid(),),
         )
         # Start the workers now, before any progress-bar thread exists in this process.
         list(pool.map(int, range(workers)))
@@ -229,14 +263,17 @@ def _work_flop(spec: NetSpec, repeats: int) -> float:
 
 
 def _counter(progress: ProgressFn | None, total: int) -> Tick:
-    """A callback that adds finished repeats and reports ``progress(done, total)``."""
+    """A callback that adds finished work and reports ``progress(done, total)``; worker
+    threads may call it (one call at a time)."""
     done = 0
+    lock = threading.Lock()
 
     def tick(n: int) -> None:
         nonlocal done
-        done += n
-        if progress:
-            progress(done, total)
+        with lock:
+            done += n
+            if progress:
+                progress(done, total)
 
     return tick
 
@@ -344,9 +381,29 @@ def _add(stats: LayerStats, res: RepeatValues) -> None:
     )
 
 
-def run_configuration(
+def run_configuration(spec: NetSpec, repeats: int, seed: int, **options: Any) -> LayerStats:
+    """Run ``repeats`` repeats of one configuration and return their merged statistics.
+
+    Repeat k always uses the generator seeded by (seed, spec, k), runs on one intra-op thread,
+    and is added in repeat order, so the result is bit-identical whatever ``workers``,
+    ``backend`` or (on CPU) the process it ran in. When ``stop`` is set (Ctrl-C), the repeats
+    finished so far are returned. ``options`` are the keyword arguments of
+    :func:`run_repeats`.
+    """
+    return stats_of(spec, run_repeats(spec, range(repeats), seed, **options))
+
+
+def stats_of(spec: NetSpec, values: list[RepeatValues]) -> LayerStats:
+    """The statistics of per-repeat values, added in the order given (repeat order)."""
+    stats = LayerStats(spec.depth)
+    for res in values:
+        _add(stats, res)
+    return stats
+
+
+def run_repeats(
     spec: NetSpec,
-    repeats: int,
+    repeats: range,
     seed: int,
     *,
     dtype: Dtype = Dtype.float32,
@@ -357,13 +414,9 @@ def run_configuration(
     pool: Any = None,
     progress: Tick | None = None,
     stop: threading.Event | None = None,
-) -> LayerStats:
-    """Run ``repeats`` repeats of one configuration and return their merged statistics.
-
-    Repeat k always uses the generator seeded by (seed, spec, k), runs on one intra-op thread,
-    and is added in repeat order, so the result is bit-identical whatever ``workers``,
-    ``backend`` or (on CPU) the process it ran in. When ``stop`` is set (Ctrl-C), the repeats
-    finished so far are returned.
+) -> list[RepeatValues]:
+    """The per-repeat values of ``repeats`` (a range of repeat indices) of one configuration,
+    in repeat order; when ``stop`` is set, those of the repeats finished so far (a prefix).
 
     Args:
         workers: CPU workers, each running whole repeats on one core (default: one per core).
@@ -374,7 +427,7 @@ def run_configuration(
         pool: a process pool from :func:`make_process_pool` to reuse across configurations.
         progress: called with the number of repeats just completed.
     """
-    workers = workers or default_workers(device)
+    workers = min(workers or default_workers(device), available_cores())
     chunk = chunk or (1 if device == "cpu" else 64)
     if spec.arch.is_conv:
         chunk = 1  # conv repeats are never stacked (one thread each, as on the CPU path)
@@ -388,7 +441,7 @@ def run_configuration(
             return job.run_serial(repeats)
         use_processes = _fork_available() and (
             backend is Backend.processes
-            or (backend is Backend.auto and _work_flop(spec, repeats) >= PROCESS_MIN_FLOP)
+            or (backend is Backend.auto and _work_flop(spec, len(repeats)) >= PROCESS_MIN_FLOP)
         )
         owned = None
         if use_processes and pool is None:
@@ -403,7 +456,7 @@ def run_configuration(
 
 
 class _Job:
-    """The repeats of one configuration, run serially, stacked or on a pool, merged in order."""
+    """The repeats of one configuration, run serially, stacked or on a pool, kept in order."""
 
     def __init__(
         self, spec: NetSpec, seed: int, dtype: Dtype, device: str,
@@ -411,7 +464,7 @@ class _Job:
     ) -> None:  # fmt: skip
         self.spec, self.seed, self.dtype, self.device = spec, seed, dtype, device
         self.progress, self.stop = progress, stop
-        self.stats = LayerStats(spec.depth)
+        self.values: list[RepeatValues] = []
         self.act = (activation_forward(spec.activation), activation_backward(spec.activation))
         self.local = threading.local()
 
@@ -419,43 +472,44 @@ class _Job:
         return bool(self.stop and self.stop.is_set())
 
     def add(self, results: list[RepeatValues], n: int) -> None:
-        for res in results:
-            _add(self.stats, res)
+        self.values.extend(results)
         if self.progress:
             self.progress(n)
 
     def one(self, k: int) -> RepeatValues:
         return _run_one(self.spec, self.seed, k, self.dtype, self.device, self.local, self.act)
 
-    def run_stacked(self, repeats: int, chunk: int) -> LayerStats:
+    def run_stacked(self, repeats: range, chunk: int) -> list[RepeatValues]:
         """``chunk`` repeats at a time on a leading dimension (batched matmuls, for CUDA)."""
-        done = 0
-        while done < repeats and not self.stopped():
-            n = min(chunk, repeats - done)
-            args = (self.spec, self.seed, done, n, self.dtype, self.device, self.act)
+        k = repeats.start
+        while k < repeats.stop and not self.stopped():
+            n = min(chunk, repeats.stop - k)
+            args = (self.spec, self.seed, k, n, self.dtype, self.device, self.act)
             self.add(list(_run_stack(*args)), n)
-            done += n
-        return self.stats
+            k += n
+        return self.values
 
-    def run_serial(self, repeats: int) -> LayerStats:
-        for k in range(repeats):
+    def run_serial(self, repeats: range) -> list[RepeatValues]:
+        for k in repeats:
             if self.stopped():
                 break
             self.add([self.one(k)], 1)
-        return self.stats
+        return self.values
 
-    def run_pooled(self, repeats: int, workers: int, pool: Any, processes: bool) -> LayerStats:
+    def run_pooled(
+        self, repeats: range, workers: int, pool: Any, processes: bool
+    ) -> list[RepeatValues]:
         """A bounded window of repeats in flight on ``pool``, collected in repeat order.
         Processes get a few repeats per task (less traffic); threads one."""
-        step = max(1, min(4, repeats // (4 * workers))) if processes else 1
+        step = max(1, min(4, len(repeats) // (4 * workers))) if processes else 1
 
         def submit(k: int, n: int) -> Any:
             if processes:
                 return pool.submit(_process_chunk, self.spec, self.seed, k, n, self.dtype)
             return pool.submit(lambda: [self.one(k)])
 
-        run_window(submit, self.add, range(repeats), workers, step, self.stopped)
-        return self.stats
+        run_window(submit, self.add, repeats, workers, step, self.stopped)
+        return self.values
 
 
 def run_window(

@@ -28,14 +28,17 @@ from typing import Any
 
 import numpy as np
 
+from gradscope.engine.distributed import Cluster, ranks_per_machine, run_in_order
 from gradscope.engine.runner import (
     _check_memory,
-    _counter,
     _use_processes,
+    _work_flop,
+    available_cores,
     default_workers,
     make_process_pool,
     resolve_device,
-    run_configuration,
+    run_repeats,
+    stats_of,
 )
 from gradscope.options import Backend
 from gradscope.schema import NetConfig, Result, SimulateRecord, SimulateSummary
@@ -238,49 +241,65 @@ def run(
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
     stop: threading.Event | None = None,
+    cluster: Cluster | None = None,
 ) -> SimulationResult:
-    """Run a validated :class:`~gradscope.specs.SimulateRequest` (see :func:`simulate`)."""
+    """Run a validated :class:`~gradscope.specs.SimulateRequest` (see :func:`simulate`).
+
+    With a ``cluster`` (torchrun's ranks), each rank runs its share of the (configuration,
+    repeat) pairs and rank 0 returns the records; the other ranks return none.
+    """
     check_seed(seed)
+    stop = stop or threading.Event()  # shared with the other ranks' stops
     specs, repeats = list(request.specs), request.repeats
     dev = resolve_device(request.device)
-    n_workers = request.workers or default_workers(dev)
+    n_workers = request.workers or default_workers(dev, ranks_per_machine(cluster))
+    n_workers = min(n_workers, available_cores())
     n_chunk = request.chunk or (1 if dev == "cpu" else 64)
     _check_memory(request, in_flight=n_chunk if n_chunk > 1 else 2 * n_workers)
     predictions = [predict(spec) for spec in specs]
-    tick = _counter(progress, repeats * len(specs))
-    result = SimulationResult(records=[], summary=[])
     use_processes = _use_processes(request, dev, n_workers, n_chunk)
     pool = make_process_pool(n_workers) if use_processes else None
+
+    def compute(c: int, first: int, end: int, tick: Callable[[int], None]) -> list[Any]:
+        return run_repeats(
+            specs[c], range(first, end), seed, dtype=request.dtype, device=dev,
+            workers=n_workers, chunk=n_chunk, pool=pool, progress=tick, stop=stop,
+            backend=Backend.processes if use_processes else Backend.threads,
+        )  # fmt: skip
+
     try:
-        for spec, prediction in zip(specs, predictions, strict=True):
-            if stop is not None and stop.is_set():
-                result.partial = True
-                break
-            stats = run_configuration(
-                spec,
-                repeats,
-                seed,
-                dtype=request.dtype,
-                device=dev,
-                workers=n_workers,
-                chunk=n_chunk,
-                backend=Backend.processes if use_processes else Backend.threads,
-                pool=pool,
-                progress=tick,
-                stop=stop,
-            )
-            if stats.count == 0:
-                result.partial = True
-                break
-            partial = stats.count < repeats
-            result.partial = result.partial or partial
-            records, summary = build_records(
-                spec, stats, prediction, seed, partial, request.resamples
-            )
-            result.records.extend(records)
-            result.summary.append(summary)
-            result.repeats_done[spec.key()] = stats.count
+        values: dict[int, list[Any]] | None
+        if cluster is None:
+            values = run_in_order(compute, len(specs), repeats, progress, stop)
+        else:
+            costs = [_work_flop(spec, 1) for spec in specs]
+            values = cluster.run(compute, costs, repeats, progress, stop)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+    if values is None:  # a rank other than 0: rank 0 reports
+        return SimulationResult(records=[], summary=[], partial=stop.is_set())
+    return _result(request, predictions, values, seed)
+
+
+def _result(
+    request: SimulateRequest, predictions: list[Prediction], values: dict[int, list[Any]],
+    seed: int,
+) -> SimulationResult:  # fmt: skip
+    """Records of every configuration with finished repeats (``values``: per configuration
+    index, the per-repeat values of its first repeats, in repeat order)."""
+    result = SimulationResult(records=[], summary=[])
+    for c, spec in enumerate(request.specs):
+        done = values.get(c, [])
+        partial = len(done) < request.repeats
+        result.partial = result.partial or partial
+        if not done:
+            continue
+        stats = stats_of(spec, done)
+        records, summary = build_records(
+            spec, stats, predictions[c], seed, partial, request.resamples
+        )
+        result.records.extend(records)
+        result.summary.append(summary)
+        result.repeats_done[spec.key()] = stats.count
     return result

@@ -49,9 +49,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gradscope.engine.distributed import Cluster, ranks_per_machine, run_in_order
 from gradscope.engine.draws import draw_conv_repeat, draw_repeat, torch_dtype
 from gradscope.engine.layers import activation_forward
-from gradscope.engine.runner import ProgressFn, default_workers, intra_op_threads, resolve_device
+from gradscope.engine.runner import (
+    ProgressFn,
+    _work_flop,
+    available_cores,
+    default_workers,
+    intra_op_threads,
+    resolve_device,
+)
 from gradscope.errors import SpecError
 from gradscope.options import Arch, Dtype, Norm, NormPosition, Optimizer, ResidualScale, Task
 from gradscope.schema import (
@@ -666,6 +674,7 @@ def run(
     seed: int = 0,
     progress: ProgressFn | None = None,
     stop: threading.Event | None = None,
+    cluster: Cluster | None = None,
 ) -> TrainResult:
     """Train every configuration of a validated :class:`~gradscope.specs.TrainRequest`.
 
@@ -673,9 +682,41 @@ def run(
     (same seed), and trains on the task drawn for (seed, task, width, classes, samples, k).
     ``progress(done, total)`` counts steps over all repeats and configurations (from worker
     threads, one call at a time); ``stop``, when set, ends the run before the next
-    configuration, marked ``partial``.
+    configuration, marked ``partial``. With a ``cluster`` (torchrun's ranks), each rank trains
+    its share of the (configuration, repeat) pairs and rank 0 returns the records.
     """
     check_seed(seed)
+    _check_trainable(request)
+    stop = stop or threading.Event()  # shared with the other ranks' stops
+    device = resolve_device(request.device)
+    total = request.config.steps * request.repeats * len(request.specs)
+    share = ranks_per_machine(cluster)
+    t0 = time.perf_counter()
+
+    def compute(c: int, first: int, end: int, tick: Callable[[int], None]) -> list[Any]:
+        keep = request.save_checkpoint is not None and c == 0
+        return _train_repeats(request, c, range(first, end), seed, device, keep, tick, share)
+
+    # One intra-op thread per repeat and repeats on worker threads, as simulate: on a busy
+    # CPU, two intra-op threads on small matrices run tens of times slower than one, and the
+    # per-repeat arithmetic (hence every bit of the output) no longer depends on the workers.
+    with intra_op_threads(1 if device == "cpu" else torch.get_num_threads()):
+        values: dict[int, list[Any]] | None
+        if cluster is None:
+            values = run_in_order(compute, len(request.specs), request.repeats, progress, stop,
+                                  total)  # fmt: skip
+        else:
+            costs = [_work_flop(spec, request.config.steps) for spec in request.specs]
+            values = cluster.run(compute, costs, request.repeats, progress, stop, total)
+    if values is None:  # a rank other than 0: rank 0 reports
+        return TrainResult(records=[], summary=[], partial=stop.is_set())
+    result = _train_result(request, values, seed)
+    elapsed = time.perf_counter() - t0
+    result.steps_per_second = total / elapsed if elapsed > 0 else math.nan
+    return result
+
+
+def _check_trainable(request: TrainRequest) -> None:
     for spec in request.specs:
         if spec.arch is Arch.resnet_conv or spec.norm_position is not NormPosition.post:
             what = "resnet-conv" if spec.arch is Arch.resnet_conv else "pre-norm blocks"
@@ -685,72 +726,54 @@ def run(
                 "{--residual_scale} zero-gamma needs a learnable γ, which the training engine "
                 "does not have; use none or invsqrt-depth"
             )
-    device = resolve_device(request.device)
-    total = request.config.steps * request.repeats * len(request.specs)
-    tick = _locked_counter(progress, total) if progress is not None else None
+
+
+def _train_result(request: TrainRequest, values: dict[int, list[Any]], seed: int) -> TrainResult:
+    """Records of every configuration whose repeats all finished (``values``: per
+    configuration index, (trace, state dict or None) per repeat, in repeat order)."""
     result = TrainResult(records=[], summary=[])
-    t0 = time.perf_counter()
-    # One intra-op thread per repeat and repeats on worker threads, as simulate: on a busy
-    # CPU, two intra-op threads on small matrices run tens of times slower than one, and the
-    # per-repeat arithmetic (hence every bit of the output) no longer depends on the workers.
-    with intra_op_threads(1 if device == "cpu" else torch.get_num_threads()):
-        for c, spec in enumerate(request.specs):
-            if stop is not None and stop.is_set():
-                result.partial = True
-                break
-            keep = request.save_checkpoint is not None and c == 0
-            traces, model = _train_configuration(request, spec, seed, device, keep, tick)
-            if model is not None:
-                result.state_dict = {
-                    k: v.detach().cpu().clone() for k, v in model.state_dict().items()
-                }
-            records, summary, growth = build_train_records(
-                spec, request.config, traces, seed, request.resamples
-            )
-            result.records.extend(records)
-            result.summary.extend(summary)
-            result.weight_growth.extend(growth)
-            result.configurations_done += 1
-    elapsed = time.perf_counter() - t0
-    result.steps_per_second = total / elapsed if elapsed > 0 else math.nan
+    for c, spec in enumerate(request.specs):
+        done = values.get(c, [])
+        if len(done) < request.repeats:
+            result.partial = True
+            continue
+        traces = [trace for trace, _ in done]
+        if done[0][1] is not None:
+            result.state_dict = done[0][1]
+        records, summary, growth = build_train_records(
+            spec, request.config, traces, seed, request.resamples
+        )
+        result.records.extend(records)
+        result.summary.extend(summary)
+        result.weight_growth.extend(growth)
+        result.configurations_done += 1
     return result
 
 
-def _locked_counter(progress: ProgressFn, total: int) -> Callable[[int], None]:
-    """A callback for worker threads that adds finished steps and reports the running total."""
-    done = 0
-    lock = threading.Lock()
-
-    def tick(n: int) -> None:
-        nonlocal done
-        with lock:
-            done += n
-            progress(done, total)
-
-    return tick
-
-
-def _train_configuration(
+def _train_repeats(
     request: TrainRequest,
-    spec: NetSpec,
+    c: int,
+    repeats: range,
     seed: int,
     device: str,
     keep: bool,
     tick: Callable[[int], None] | None,
-) -> tuple[list[RepeatTrace], Any]:
-    """Train every repeat of one configuration; the trained model of repeat 0 when ``keep``."""
-    repeats = request.repeats
-    workers = request.workers or default_workers(device)
+    share: int = 1,
+) -> list[tuple[RepeatTrace, dict[str, Any] | None]]:
+    """Train ``repeats`` of configuration ``c``: per repeat its trace, and repeat 0's trained
+    state dict (on the CPU) when ``keep``."""
+    spec = request.specs[c]
+    workers = min(request.workers or default_workers(device, share), available_cores())
 
-    def one(r: int) -> tuple[RepeatTrace, Any]:
+    def one(r: int) -> tuple[RepeatTrace, dict[str, Any] | None]:
         trace, model = train_repeat(
             spec, request.config, seed, r, dtype=request.dtype, device=device, tick=tick
         )
-        return trace, (model if keep and r == 0 else None)
+        if not (keep and r == 0):
+            return trace, None
+        return trace, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
-    if workers == 1 or repeats == 1:
-        outs = [one(r) for r in range(repeats)]
-    else:
-        with ThreadPoolExecutor(max_workers=min(workers, repeats)) as pool:
-            outs = list(pool.map(one, range(repeats)))
-    return [trace for trace, _ in outs], outs[0][1]
+    if workers == 1 or len(repeats) <= 1:
+        return [one(r) for r in repeats]
+    with ThreadPoolExecutor(max_workers=min(workers, len(repeats))) as pool:
+        return list(pool.map(one, repeats))

@@ -36,9 +36,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from gradscope.engine.distributed import Cluster, ranks_per_machine, run_in_order
 from gradscope.engine.runner import (
-    _counter,
     _fork_available,
+    available_cores,
     default_max_memory,
     default_workers,
     format_bytes,
@@ -383,7 +384,9 @@ def run_model(
         SpecError: bad sizes.
     """
     request = ModelRequest(spec, batch, repeats, dtype, device, reinit)  # type: ignore[arg-type]
-    return measure_model(request, seed, progress=progress, stop=stop, workers=workers)
+    measured = measure_model(request, seed, progress=progress, stop=stop, workers=workers)
+    assert measured is not None  # one process always runs repeat 0
+    return measured
 
 
 def run(
@@ -393,12 +396,19 @@ def run(
     progress: Callable[[int, int], None] | None = None,
     stop: threading.Event | None = None,
     factory: Callable[..., Any] | None = None,
+    cluster: Cluster | None = None,
 ) -> Result:
     """Run a validated :class:`~gradscope.specs.ModelRequest`: per-layer records, one
     summary per path, and notes on how parameters were re-initialised. ``factory``, when
     given, is called instead of the one ``request.spec.target`` names (which then only labels
-    the records and seeds the draws)."""
-    measured = measure_model(request, seed, progress=progress, stop=stop, factory=factory)
+    the records and seeds the draws). With a ``cluster``, each rank measures its share of the
+    repeats and rank 0 returns the records."""
+    stop = stop or threading.Event()
+    measured = measure_model(
+        request, seed, progress=progress, stop=stop, factory=factory, cluster=cluster
+    )
+    if measured is None:  # a rank other than 0 (rank 0 reports), or stopped before repeat 0
+        return Result([], [], partial=stop.is_set() or bool(cluster and cluster.is_root))
     rows, summary = model_records(measured, seed=seed)
     return Result(rows, summary, notes=list(measured.notes), partial=measured.partial)
 
@@ -416,19 +426,24 @@ def measure_model(
     stop: threading.Event | None = None,
     workers: int | None = None,
     factory: Callable[..., Any] | None = None,
-) -> ModelRun:
-    """The repeats of a model run. On a CPU each repeat runs on one intra-op thread, as the
-    synthetic engine's do: PyTorch's default of one thread per core, in a process that also
-    runs other work (a progress bar, CI jobs beside it), loses more to oversubscription than
-    it gains. Long runs spread their repeats over ``workers`` forked processes (default: one
-    per core); every repeat is drawn from its own seed and added in repeat order, so the
-    numbers are bit-identical whatever the number of workers."""
+    cluster: Cluster | None = None,
+) -> ModelRun | None:
+    """The repeats of a model run (None on a ``cluster`` rank other than 0).
+
+    On a CPU each repeat runs on one intra-op thread, as the synthetic engine's do: PyTorch's
+    default of one thread per core, in a process that also runs other work (a progress bar,
+    CI jobs beside it), loses more to oversubscription than it gains. Long runs spread their
+    repeats over ``workers`` forked processes (default: one per core); every repeat is drawn
+    from its own seed and added in repeat order, so the numbers are bit-identical whatever the
+    number of workers."""
     check_seed(seed)
     runner = _ModelRunner(request, seed, factory)
     if runner.device != "cpu":
-        return runner.run(progress, stop)
+        return runner.run(progress, stop, cluster=cluster)
     with intra_op_threads(1):
-        return runner.run(progress, stop, workers or default_workers("cpu"))
+        share = ranks_per_machine(cluster)
+        workers = min(workers or default_workers("cpu", share), available_cores())
+        return runner.run(progress, stop, workers, cluster)
 
 
 # Per repeat: the weight-gradient norm, output variance and input-derivative variance per layer.
@@ -537,20 +552,47 @@ class _ModelRunner:
         progress: Callable[[int, int], None] | None,
         stop: threading.Event | None,
         workers: int = 1,
-    ) -> ModelRun:
-        """Every repeat, in this process or (a long run, ``workers`` > 1) in worker processes
-        forked once repeat 0 has found the layers' order and timed a repeat."""
+        cluster: Cluster | None = None,
+    ) -> ModelRun | None:
+        """Every repeat, in this process or (a long run, ``workers`` > 1) in worker processes;
+        with a ``cluster``, this rank's share (None on ranks other than 0)."""
+
+        def compute(c: int, first: int, end: int, tick: Callable[[int], None]) -> list[Any]:
+            return self.measure_range(range(first, end), tick, stop, workers)
+
+        try:
+            values: dict[int, list[Any]] | None
+            if cluster is None:
+                values = run_in_order(compute, 1, self.repeats, progress, None)
+            else:
+                values = cluster.run(compute, [1.0], self.repeats, progress, stop)
+        finally:
+            self.recorder.detach()
+        rows = [] if values is None else values.get(0, [])
+        return self.result(self.order, rows) if rows else None
+
+    def measure_range(
+        self,
+        repeats: range,
+        tick: Callable[[int], None],
+        stop: threading.Event | None,
+        workers: int,
+    ) -> list[Measured]:
+        """Repeats ``repeats`` in order (a prefix when stopped). Repeat 0 always runs first,
+        as it finds the layers' order (kept only when in ``repeats``); worker processes are
+        forked once it has timed a repeat, when the rest is long enough to need them."""
         rows: list[Measured] = []
-        tick = _counter(progress, self.repeats)
         pool = None
         try:
             start = time.perf_counter()
-            rows.append(self.repeat(0))
-            left = range(1, self.repeats)
+            zero = self.repeat(0)
+            left = range(max(repeats.start, 1), repeats.stop)
             work = (time.perf_counter() - start) * len(left)
             if workers > 1 and len(left) > 1 and work > PARALLEL_MIN_SECONDS and _fork_available():
                 pool = self.fork(workers)
-            tick(1)  # after the fork: the progress bar's thread starts at its first update
+            if repeats.start == 0:
+                rows.append(zero)
+                tick(1)  # after the fork: the progress bar's thread starts at its first update
 
             def add(results: list[Measured], n: int) -> None:
                 rows.extend(results)
@@ -569,10 +611,9 @@ class _ModelRunner:
                         break
                     add([self.repeat(k)], 1)
         finally:
-            self.recorder.detach()
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
-        return self.result(self.order, rows)
+        return rows
 
     def fork(self, workers: int) -> Any:
         """Worker processes that inherit this runner (repeat 0 done, the order known)."""
