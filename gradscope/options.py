@@ -141,3 +141,11 @@ class ProgressMode(str, Enum):
     auto = "auto"
     log = "log"
     none = "none"
+
+
+class Distributed(str, Enum):
+    """``simulate --distributed``: share the sweep among torchrun's ranks (auto: when torchrun's
+    environment is there) or not (off)."""
+
+    auto = "auto"
+    off = "off"

@@ -11,7 +11,6 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -38,6 +37,7 @@ from gradscope.options import (
     Arch,
     Backend,
     Device,
+    Distributed,
     Dtype,
     Format,
     Init,
@@ -107,13 +107,6 @@ def _int_list(text: str, what: str) -> list[int]:
         except ValueError:
             raise SpecError(f"{{option}} takes whole numbers, got {item!r}", option=what) from None
     return out
-
-
-class Distributed(str, Enum):
-    """``--distributed``: share the sweep among torchrun's ranks (auto) or not (off)."""
-
-    auto = "auto"
-    off = "off"
 
 
 _RESOURCES = "Resources"
