@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from gradscope.errors import SpecError
+from gradscope.errors import SpecError, UsageError
 
 Array = np.ndarray
 Func = Callable[[Array, float], Array]
@@ -425,7 +425,7 @@ def parse_activation(text: str) -> ActivationSpec:
 
         close = difflib.get_close_matches(name, known_names(), n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
-        raise SpecError(
+        raise UsageError(
             f"unknown activation {raw!r}{hint}; known: {', '.join(known_names())}; "
             "`gradscope ratios --expr` takes any expression in x"
         )

@@ -36,6 +36,11 @@ class SpecError(GradscopeError):
     """An option or specification is invalid (bad depth, unknown activation, ...)."""
 
 
+class UsageError(SpecError):
+    """A command-line value that does not parse (``--depth abc``, an unknown choice): the CLI
+    exits 2, as click does for a value of the wrong type; for Python it is a SpecError."""
+
+
 class ExpressionError(SpecError):
     """A user activation expression (``--expr``) cannot be parsed or evaluated."""
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gradscope.activations import ActivationSpec, parse_activation
-from gradscope.errors import SpecError
+from gradscope.errors import SpecError, UsageError
 from gradscope.options import (
     Arch,
     Backend,
@@ -65,7 +65,7 @@ def coerce(kind: type[E], value: Any, option: str) -> E:
         return kind(value.value if isinstance(value, kind) else str(value).strip().lower())
     except ValueError:
         choices = ", ".join(m.value for m in kind)
-        raise SpecError(
+        raise UsageError(
             f"unknown {{option}} {value!r}; choose from {choices}", option=option
         ) from None
 

@@ -81,7 +81,6 @@ def test_ratios_list() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["ratios", "swishy"], "Error: unknown activation 'swishy'"),
         (["ratios", "--expr", "x*tanh("], "Error: cannot parse the expression"),
         (["ratios", "--input-std", "-1"], "Error: input std must be positive"),
         (["ratios", "leaky_relu:x"], "Error: the negative_slope of leaky_relu must be a number"),
@@ -98,9 +97,18 @@ def test_errors_are_one_line(args: list[str], message: str) -> None:
     assert out == ""
 
 
+def test_unknown_activation_is_a_usage_error() -> None:
+    """An unknown name is a value that does not parse: exit 2, as click's own choices."""
+    code, out, err = run("ratios", "swishy")
+    assert code == 2 and out == ""
+    assert err.startswith("Error: unknown activation 'swishy'") and err.count("\n") == 1
+
+
 def test_failed_command_writes_no_file(tmp_path: Path) -> None:
     target = tmp_path / "r.csv"
     code, _, _ = run("ratios", "relu", "nope", "-o", str(target))
+    assert code == 2 and not target.exists()
+    code, _, _ = run("ratios", "relu", "--depth", "0", "-o", str(target))
     assert code == 1 and not target.exists()
 
 

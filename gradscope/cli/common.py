@@ -18,7 +18,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
-from gradscope.errors import GradscopeError, SpecError
+from gradscope.errors import GradscopeError, SpecError, UsageError
 from gradscope.options import Format
 from gradscope.records import printable
 
@@ -156,7 +156,8 @@ def silence_stdout() -> None:
 
 
 def user_errors(func: F) -> F:
-    """Map gradscope's errors to one line on stderr and exit code 1; real bugs keep a traceback."""
+    """Map gradscope's errors to one line on stderr and exit code 1 (2 for a value that does not
+    parse, as click does); real bugs keep a traceback."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -166,7 +167,7 @@ def user_errors(func: F) -> F:
             error(exc.cli_message(PARAMETER_FLAGS))
             if type(exc).__name__ == "StdoutError":
                 silence_stdout()
-            raise typer.Exit(1) from None
+            raise typer.Exit(2 if isinstance(exc, UsageError) else 1) from None
         except BrokenPipeError:
             # The reader went away (e.g. `| head`): stop quietly, like other Unix tools.
             silence_stdout()
@@ -186,7 +187,10 @@ def parse_list(text: str, what: str) -> list[str]:
     """Split a comma list, rejecting empty items."""
     items = [t.strip() for t in text.split(",")]
     if not text.strip() or any(not t for t in items):
-        raise SpecError(f"{what} must be a comma-separated list without empty items, got {text!r}")
+        raise UsageError(
+            f"{{option}} must be a comma-separated list without empty items, got {text!r}",
+            option=what,
+        )
     return items
 
 

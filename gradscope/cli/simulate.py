@@ -32,7 +32,7 @@ from gradscope.cli.common import (
 )
 from gradscope.cli.plot import plot_to_file
 from gradscope.cli.progress import Progress
-from gradscope.errors import SpecError
+from gradscope.errors import SpecError, UsageError
 from gradscope.options import (
     Arch,
     Backend,
@@ -79,7 +79,7 @@ def parse_memory(text: str) -> int:
     """``8GiB``, ``500MB``, ``2g`` or a number of bytes."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?)?b?\s*", text.lower())
     if not m:
-        raise SpecError(
+        raise UsageError(
             f"{{option}} must be a size like 4GiB, 500MB or 2000000000, got {text!r}",
             option="max_memory",
         )
@@ -105,7 +105,7 @@ def _int_list(text: str, what: str) -> list[int]:
         try:
             out.append(int(item))
         except ValueError:
-            raise SpecError(f"{{option}} takes whole numbers, got {item!r}", option=what) from None
+            raise UsageError(f"{{option}} takes whole numbers, got {item!r}", option=what) from None
     return out
 
 
@@ -452,11 +452,14 @@ def simulate_command(
     """Measure the weight-gradient norm of every layer of fresh random nets, with its
     confidence interval, beside what theory predicts; sweep any option with a comma list.
 
-    Example: gradscope simulate --activation selu,tanh,relu --norm batchnorm,none -o fig3.csv
+    Example: gradscope simulate --activation selu,tanh,relu --norm batchnorm,none --repeats 64
+    -o fig3.csv
 
     Your own model: gradscope simulate --model examples/resnet.py:make_model --input-shape 3,32,32
+    --batch 32 --repeats 16
 
-    Training: gradscope simulate --train-steps 500 --task gaussian-classes --weight-decay 0.02
+    Training: gradscope simulate --train-steps 200 --width 64 --repeats 4 --task gaussian-classes
+    --weight-decay 0.02
 
     CI gate: gradscope simulate --model examples/resnet18.py:make_model --input-shape 3,32,32
     --repeats 16 --fail-if-rate-above 1.15 (exit 3 when it fails)
