@@ -69,6 +69,17 @@ def format_cell(value: Any) -> str:
     return str(value) or MISSING
 
 
+def table_width(default: int) -> int:
+    """The width of text tables away from a terminal: ``COLUMNS`` when the environment sets
+    it (a user who pipes ``-f table`` into a pager or a log asks for that width), else
+    ``default``."""
+    try:
+        width = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        return default
+    return width if 20 <= width <= 10_000 else default
+
+
 def render_table(records: Iterable[Any], title: str | None = None, width: int | None = None) -> str:
     """A rich table as text, every column in one table (no colour when rendered for a file or a
     pipe); the row-naming columns and the headline measurement come first."""
@@ -361,12 +372,12 @@ def print_table(
 ) -> None:
     """Print records for reading on a terminal (or in a log): constant columns go to a line
     under the table, a single record is shown field by field, wide tables are split to fit; colour
-    and width follow the terminal (a file or pipe gets 120 columns)."""
+    and width follow the terminal (a file or pipe gets COLUMNS, else 120 columns)."""
     from rich.console import Console
 
     target = stream if stream is not None else (sys.stderr if stderr else sys.stdout)
     is_tty = hasattr(target, "isatty") and target.isatty()
-    console = Console(file=target, width=None if is_tty else 120)
+    console = Console(file=target, width=None if is_tty else table_width(120))
     tables, caption = _display_tables(records, title, console.width)
     for table in tables:
         console.print(table)
@@ -669,10 +680,11 @@ def _print(
     tables: tuple[Sequence[Any] | None, str | None, str],
     meta: Mapping[str, Any] | None,
 ) -> None:
-    """Records on stdout: screen tables on a terminal, else the text of ``concrete``; the
-    summary (``tables``: summary, title, summary title) under a table, else on stderr."""
+    """Records on stdout: screen tables on a terminal (or in a pipe when COLUMNS says how wide
+    it is: ``-f table | less``), else the text of ``concrete``; the summary (``tables``:
+    summary, title, summary title) under a table, else on stderr."""
     summary, title, summary_title = tables
-    if concrete is Format.table and is_tty:
+    if concrete is Format.table and (is_tty or table_width(0)):
         print_table(records, stream=out, title=title)
         if summary:
             print_table(summary, stream=out, title=summary_title)

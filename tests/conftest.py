@@ -82,8 +82,9 @@ def cli() -> CliRun:
         env: Mapping[str, str | None] | None = None,
         terminal_width: int | None = None,
     ) -> Result:
-        if terminal_width is None:
-            return CliRunner().invoke(app, list(args), input=input, env=env)
+        if terminal_width is None:  # a pipe; COLUMNS from the shell would change -f table
+            piped = {"COLUMNS": None, **(env or {})}
+            return CliRunner().invoke(app, list(args), input=input, env=piped)
         screen = {"COLUMNS": str(terminal_width), "TTY_COMPATIBLE": "0", **(env or {})}
         return _TerminalRunner().invoke(app, list(args), input=input, env=screen)
 

@@ -354,3 +354,17 @@ def test_screen_tables_match_golden_files(
     monkeypatch.chdir(vgg_dir)
     variant = "pipe" if width is None else width
     golden_cli(f"tables/{name}.{variant}.txt", TABLE_COMMANDS[name], terminal_width=width)
+
+
+def test_table_in_a_pipe_follows_columns(cli) -> None:  # type: ignore[no-untyped-def]
+    """-f table into a pipe: one wide table by default (a file keeps every column in one
+    table); with COLUMNS set, the screen tables at that width, none of them wider."""
+    wide = cli(["ratios", "relu", "tanh", "-f", "table"])
+    assert wide.exit_code == 0
+    assert max(len(line) for line in wide.stdout.splitlines()) > 150
+    assert wide.stdout.count("┏") == 1
+    narrow = cli(["ratios", "relu", "tanh", "-f", "table"], env={"COLUMNS": "60"})
+    assert narrow.exit_code == 0
+    assert max(len(line) for line in narrow.stdout.splitlines()) <= 60
+    assert narrow.stdout.count("┏") > 1  # split into parts, each repeating the activation
+    assert narrow.stdout.count("┃ activation ┃") == narrow.stdout.count("┏")

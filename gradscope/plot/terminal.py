@@ -103,6 +103,8 @@ def _lines(spec: PlotSpec, width: int, height: int) -> Group:
     lines.append(Text(f"{'':>{label_width}}  {left_text}{' ' * gap}{right_text}"))
     if len(spec.series) > 1:
         legend = Text(f"{'':>{label_width}}  ")
+        if spec.hue:  # which column the series differ by: "arch: ━━ plain ━━ resnet"
+            legend.append(", ".join(spec.hue) + ": ")
         for index, series in enumerate(spec.series):
             legend.append("━━ ", style=PALETTE[index % len(PALETTE)])
             legend.append(series.label + "  ")
