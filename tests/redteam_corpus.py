@@ -155,10 +155,15 @@ def _laughs(levels: int = 40) -> dict:
     return {"bn.running_var": tensor, "bn.running_mean": torch.zeros(4), "junk": node}
 
 
+def many_batchnorm_values(layers: int) -> torch.Tensor:
+    """The running variances and means of :func:`_many_batchnorms`, interleaved (seeded)."""
+    return torch.rand(2 * layers, generator=torch.Generator().manual_seed(layers)) + 0.5
+
+
 def _many_batchnorms(layers: int) -> dict[str, torch.Tensor]:
-    """``layers`` BatchNorm layers (features.1, .4, ...) sharing one small storage: a file of
-    about 2 MB for 30,000 layers."""
-    base = torch.rand(2 * layers) + 0.5
+    """``layers`` BatchNorm layers (features.1, .4, ...) whose one-element statistics share
+    one small storage."""
+    base = many_batchnorm_values(layers)
     out = {}
     for i in range(layers):
         out[f"features.{3 * i + 1}.running_var"] = base[2 * i : 2 * i + 1]
@@ -280,8 +285,6 @@ def _build_bounds(folder: Path) -> list[Hostile]:
                 _save(_laughs(), folder / "laughs-zip.pt"), "ok"),
         Hostile("bn-10k", "10,000 BatchNorm layers",
                 _save(_many_batchnorms(10_000), folder / "bn10k.pt"), "ok"),
-        Hostile("bn-30k", "30,000 BatchNorm layers, legacy",
-                _save(_many_batchnorms(30_000), folder / "bn30k.pt", legacy=True), "ok"),
         Hostile("expand-300m", "stride-0 running_var of 300M elements",
                 _save(expand, folder / "expand.pt"), "ok"),
         Hostile("expand-conv", "stride-0 conv weight of 900M elements",
@@ -319,7 +322,7 @@ def _build_crafted(folder: Path) -> list[Hostile]:
         "\x1b]8;;http://evil/\x1b\\x\x1b]8;;\x1b\\": [1.0], "\x1b[2J\x1b[31mred": [1.0],
         "=cmd|' /C calc'!A0": [1.0], "²": [1.0], "features.².running_var": [1.0],
     }  # fmt: skip
-    marks = {f"{k}.running_var" if not k.endswith("running_var") else k: v for k, v in marks.items()}
+    marks = {k if k.endswith("running_var") else f"{k}.running_var": v for k, v in marks.items()}
     outside = folder / "outside.safetensors"
     outside.write_bytes(good)
     inf = '{"x.running_var":{"dtype":"F32","shape":[Infinity],"data_offsets":[0,4]}}'
@@ -352,10 +355,15 @@ def _build_crafted(folder: Path) -> list[Hostile]:
     ]  # fmt: skip
 
 
-def build_hostile(folder: Path) -> list[Hostile]:
-    """Write one hostile file per class into ``folder``."""
+def build_hostile(folder: Path, *, large: bool = False) -> list[Hostile]:
+    """Write one hostile file per class into ``folder`` (``large``: also 30,000 BatchNorm
+    layers, which take seconds to write and to read)."""
     folder.mkdir(parents=True, exist_ok=True)
-    return _build_bounds(folder) + _build_crafted(folder)
+    out = _build_bounds(folder) + _build_crafted(folder)
+    if large:
+        path = _save(_many_batchnorms(30_000), folder / "bn30k.pt", legacy=True)
+        out.append(Hostile("bn-30k", "30,000 BatchNorm layers in 2 MB, legacy", path, "ok"))
+    return out
 
 
 # --------------------------------------------------------------------------- payloads
