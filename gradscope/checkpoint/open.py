@@ -145,6 +145,7 @@ READER_FAILURES = (
     EOFError,
     struct.error,
     pickle.UnpicklingError,
+    RuntimeError,  # zipfile: "File ... is encrypted, password required for extraction"
 )
 
 
