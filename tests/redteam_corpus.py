@@ -231,6 +231,12 @@ def _flip_name(blob: bytearray) -> None:
     blob[pos + 46 + 3] = 0xFF
 
 
+def _encrypt_flag(blob: bytearray) -> None:
+    """data.pkl flagged as encrypted: zipfile wants a password (a RuntimeError)."""
+    pos = _entry_named(blob, b"archive/data.pkl")
+    struct.pack_into("<H", blob, pos + 8, struct.unpack_from("<H", blob, pos + 8)[0] | 1)
+
+
 def _break_eocd(blob: bytearray) -> None:
     """The end record points the central directory past the end of the file."""
     pos = blob.rfind(b"PK\x05\x06")
@@ -348,6 +354,8 @@ def _build_crafted(folder: Path) -> list[Hostile]:
                 _write(folder / "name.pt", _patched_zip(valid_zip, _flip_name)), "error"),
         Hostile("zip-version", "zip file version 6.4",
                 _write(folder / "version.pt", _patched_zip(valid_zip, _set_version)), "error"),
+        Hostile("encrypted", "data.pkl flagged as encrypted",
+                _write(folder / "encrypted.pt", _patched_zip(valid_zip, _encrypt_flag)), "error"),
         Hostile("zlib", "corrupt deflate stream in data.pkl",
                 _write(folder / "zlib.pt", bytes(broken_deflate)), "error"),
         Hostile("markup-names", "layer names of rich markup, OSC/CSI escapes, =formula, ²",

@@ -55,8 +55,8 @@ HOSTILE_NAMES = [
     "index-gap", "laughs-legacy", "laughs-zip", "bn-10k", "expand-300m", "expand-conv",
     "overlap-conv", "memo-bomb-zip", "memo-bomb-legacy", "length-bomb", "inflate-data-pkl",
     "inflate-byteorder", "prefix-repeat", "deep-json", "index-self", "index-absolute",
-    "index-dotdot", "inf-shape", "inf-offsets", "eocd", "name-flip", "zip-version", "zlib",
-    "markup-names",
+    "index-dotdot", "inf-shape", "inf-offsets", "eocd", "name-flip", "zip-version", "encrypted",
+    "zlib", "markup-names",
 ]  # fmt: skip
 
 
