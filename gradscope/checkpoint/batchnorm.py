@@ -10,6 +10,7 @@ the tensors a row needs are read.
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from collections.abc import Sequence
@@ -17,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradscope.checkpoint.structure import Structure, recognise
-from gradscope.checkpoint.table import TensorEntry, TensorTable, entry_norm, to_numpy
+from gradscope.checkpoint.structure import Structure, recognise, sequential_index
+from gradscope.checkpoint.table import TensorEntry, TensorTable, entry_norm
 from gradscope.schema import CheckpointRecord, WeightRecord
 
 DEFAULT_EPS = 1e-5
@@ -55,26 +56,41 @@ def find_batchnorms(table: TensorTable) -> list[_BatchNorm]:
     return sorted(layers.values(), key=lambda b: b.position)
 
 
-def _feeding_weight(
-    table: TensorTable, bn: _BatchNorm, channels: int, bn_names: set[str]
-) -> str | None:
-    """The weight of the layer feeding this BatchNorm (output size == num_features)."""
-    entries = table.entries
+class _Weights:
+    """Weights of two or more dimensions that do not belong to a BatchNorm, by output size
+    and position: the last one before a BatchNorm is found by bisection, not by a scan."""
 
-    def ok(name: str) -> bool:
-        entry = entries.get(name)
+    def __init__(self, table: TensorTable, bn_names: set[str]) -> None:
+        self.table, self.bn_names = table, bn_names
+        self.by_channels: dict[int, list[int]] = {}
+        self.names = list(table.entries)
+        for i, name in enumerate(self.names):
+            if name.endswith("weight") and self.ok(name):
+                self.by_channels.setdefault(self.table.entries[name].shape[0], []).append(i)
+
+    def ok(self, name: str, channels: int | None = None) -> bool:
+        entry = self.table.entries.get(name)
         return (
             entry is not None
             and len(entry.shape) >= 2
-            and entry.shape[0] == channels
-            and _split(name)[0] not in bn_names
+            and (channels is None or entry.shape[0] == channels)
+            and _split(name)[0] not in self.bn_names
         )
 
+    def last_before(self, position: int, channels: int) -> str | None:
+        places = self.by_channels.get(channels, [])
+        k = bisect.bisect_left(places, position)
+        return self.names[places[k - 1]] if k else None
+
+
+def _feeding_weight(weights: _Weights, bn: _BatchNorm, channels: int) -> str | None:
+    """The weight of the layer feeding this BatchNorm (output size == num_features)."""
     parent, leaf = _split(bn.name)
     join = (lambda s: f"{parent}.{s}") if parent else (lambda s: s)
-    if leaf.isdigit():
-        for j in range(int(leaf) - 1, max(-1, int(leaf) - 4), -1):
-            if ok(join(f"{j}.weight")):
+    index = sequential_index(leaf)
+    if index is not None:
+        for j in range(index - 1, max(-1, index - 4), -1):
+            if weights.ok(join(f"{j}.weight"), channels):
                 return join(f"{j}.weight")
     guesses = []
     for a, b in (
@@ -92,20 +108,19 @@ def _feeding_weight(
     if stripped and stripped != leaf:
         guesses.append(stripped)
     for guess in guesses:
-        if ok(join(f"{guess}.weight")):
+        if weights.ok(join(f"{guess}.weight"), channels):
             return join(f"{guess}.weight")
-    names = list(entries)
-    before = names[: bn.position]
-    for name in reversed(before):
-        if name.endswith("weight") and ok(name):
-            return name
-    return None
+    return weights.last_before(bn.position, channels)
 
 
-def _mean_or_none(table: TensorTable, key: str | None) -> float | None:
-    if key is None:
-        return None
-    return float(np.mean(to_numpy(table.entries[key].load())))
+def _values(table: TensorTable, key: str) -> np.ndarray:
+    """A tensor's distinct values (float64, flat): its mean, extremes and flags are the
+    tensor's, and a stride-0 ``expand`` stays one value (see ``TensorEntry.values``)."""
+    return table.entries[key].values()[0]
+
+
+def _mean_or_none(values: np.ndarray | None) -> float | None:
+    return None if values is None else float(np.mean(values))
 
 
 def _variance_flags(var: np.ndarray, eps: float) -> str:
@@ -124,19 +139,19 @@ def _variance_flags(var: np.ndarray, eps: float) -> str:
     return ",".join(flags)
 
 
-def _at_init(table: TensorTable, bn: _BatchNorm, var: np.ndarray) -> bool:
+def _at_init(var: np.ndarray, mean: np.ndarray | None) -> bool:
     """Running statistics still at BatchNorm's initial values (variance 1, mean 0)."""
     if not var.size or not np.all(var == 1.0):
         return False
-    key = bn.keys.get("running_mean")
-    return key is None or not np.any(to_numpy(table.entries[key].load()))
+    return mean is None or not np.any(mean)
 
 
 def _count(table: TensorTable, key: str | None) -> int | None:
     if key is None:
         return None
-    value = to_numpy(table.entries[key].load())
-    return int(value[0]) if value.size == 1 and math.isfinite(value[0]) else None
+    value = _values(table, key)
+    one = math.prod(table.entries[key].shape) == 1
+    return int(value[0]) if one and math.isfinite(value[0]) else None
 
 
 def batchnorm_records(
@@ -166,40 +181,41 @@ def read_layers(
     The input layer(s) get ``in_fit=False``; ``sigma_fit`` is left empty (the fits fill it).
     """
     bns = find_batchnorms(table)
-    bn_names = {b.name for b in bns}
-    variances = [to_numpy(table.entries[b.keys["running_var"]].load()) for b in bns]
-    where = recognise(table, [b.name for b in bns], [v.size for v in variances], downsample_after)
+    weights = _Weights(table, {b.name for b in bns})
+    variances = [_values(table, b.keys["running_var"]) for b in bns]
+    features = [math.prod(table.entries[b.keys["running_var"]].shape) for b in bns]
+    where = recognise(table, [b.name for b in bns], features, downsample_after)
+    segments = where.segments
     records = []
     for i, (bn, var) in enumerate(zip(bns, variances, strict=True)):
         layer_eps = table.eps.get(bn.name, DEFAULT_EPS if eps is None else eps)
-        gamma = to_numpy(table.entries[bn.keys["weight"]].load()) if "weight" in bn.keys else None
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean_var = float(np.mean(var)) if var.size else math.nan
-            sigma = math.sqrt(mean_var) if mean_var >= 0 else math.nan
-            sigma_eps = math.sqrt(mean_var + layer_eps) if mean_var + layer_eps >= 0 else math.nan
-            scale = np.abs(gamma) if gamma is not None and gamma.shape == var.shape else 1.0
-            gain = float(np.mean(scale / np.sqrt(var + layer_eps))) if var.size else math.nan
-        weight_name = _feeding_weight(table, bn, int(var.size), bn_names)
+        gamma = _values(table, bn.keys["weight"]) if "weight" in bn.keys else None
+        same = gamma is not None and _shape(table, bn, "weight") == _shape(table, bn, "running_var")
+        sigma, sigma_eps, gain = _sigmas(var, gamma if same else None, layer_eps)
+        weight_name = _feeding_weight(weights, bn, features[i])
         shape = fro = fwd = bwd = None
         if weight_name is not None:
             shape = tuple(table.entries[weight_name].shape)
             fro, fwd, bwd = _norm_and_ratios(table.entries[weight_name])
         flags = _variance_flags(var, layer_eps)
-        if _at_init(table, bn, var):
+        mean = _values(table, bn.keys["running_mean"]) if "running_mean" in bn.keys else None
+        if _at_init(var, mean):
             flags = ",".join(f for f in (flags, "init") if f)
         records.append(
             CheckpointRecord(
                 checkpoint=table.label,
                 index=i + 1,
                 name=bn.name or "(root)",
-                num_features=int(var.size),
+                num_features=features[i],
                 sigma=sigma,
                 sigma_with_eps=sigma_eps,
                 running_var_min=float(np.min(var)) if var.size else math.nan,
                 running_var_max=float(np.max(var)) if var.size else math.nan,
-                running_mean_mean=_mean_or_none(table, bn.keys.get("running_mean")),
+                running_mean_mean=_mean_or_none(mean),
                 gamma_mean=float(np.mean(gamma)) if gamma is not None else None,
-                beta_mean=_mean_or_none(table, bn.keys.get("bias")),
+                beta_mean=_mean_or_none(
+                    _values(table, bn.keys["bias"]) if "bias" in bn.keys else None
+                ),
                 eps=layer_eps,
                 effective_gain=gain,
                 num_batches_tracked=_count(table, bn.keys.get("num_batches_tracked")),
@@ -209,7 +225,7 @@ def read_layers(
                 forward_ratio=fwd,
                 backward_ratio=bwd,
                 after_downsample=where.after_downsample[i],
-                segment=where.segments[i],
+                segment=segments[i],
                 stage=where.stage[i],
                 block=where.block[i],
                 position=where.position[i],
@@ -219,6 +235,29 @@ def read_layers(
             )
         )
     return records, where
+
+
+def _shape(table: TensorTable, bn: _BatchNorm, leaf: str) -> tuple[int, ...]:
+    return tuple(table.entries[bn.keys[leaf]].shape)
+
+
+def _sigmas(var: np.ndarray, gamma: np.ndarray | None, eps: float) -> tuple[float, float, float]:
+    """σ = sqrt(mean running_var), σ with eps, and the effective gain mean(|γ| / sqrt(var + eps))
+    of one layer, from distinct values (``gamma`` None: γ = 1)."""
+    if not var.size:
+        return math.nan, math.nan, math.nan
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_var = float(np.mean(var))
+        sigma = math.sqrt(mean_var) if mean_var >= 0 else math.nan
+        sigma_eps = math.sqrt(mean_var + eps) if mean_var + eps >= 0 else math.nan
+        inverse = 1.0 / np.sqrt(var + eps)
+        if gamma is None:
+            gain = float(np.mean(inverse))
+        elif gamma.size == var.size:
+            gain = float(np.mean(np.abs(gamma) * inverse))
+        else:  # 1-d, one of them an expand of one value: the mean factorises
+            gain = float(np.mean(np.abs(gamma)) * np.mean(inverse))
+    return sigma, sigma_eps, gain
 
 
 def _norm_and_ratios(weight: TensorEntry) -> tuple[float, float, float]:

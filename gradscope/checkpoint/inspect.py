@@ -122,7 +122,10 @@ def _read(
     except SpecError as exc:
         raise SpecError(f"{table.label}: {exc.template}") from None
     except CheckpointError as exc:
-        raise CheckpointError(f"{table.label}: {exc}") from None
+        text = str(exc)
+        if table.label in text or table.path in text:  # it names the file already: once
+            raise
+        raise CheckpointError(f"{table.label}: {text}") from None
     except Exception as exc:
         raise CheckpointError(f"{table.label} could not be read ({short_error(exc)})") from None
     return rows, structure

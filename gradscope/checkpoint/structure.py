@@ -33,6 +33,7 @@ measures the data's scale, and the fits leave it out by default.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,14 +44,14 @@ from gradscope.errors import SpecError
 DOWNSAMPLE_TYPE = re.compile(r"pool|downsampl|pixelunshuffle", re.IGNORECASE)
 
 _RESNET = re.compile(
-    r"^(?P<pre>(?:.*\.)?)layer(?P<stage>\d+)\.(?P<block>\d+)\.(?P<pos>bn\d|downsample\.\d+)$"
+    r"^(?P<pre>(?:.*\.)?)layer(?P<stage>[0-9]{1,18})\.(?P<block>[0-9]{1,18})\.(?P<pos>bn\d|downsample\.\d+)$"
 )
 _DENSENET = re.compile(
-    r"^(?P<pre>(?:.*\.)?)features\.(?:(?P<stem>norm0)|denseblock(?P<stage>\d+)\.denselayer"
-    r"(?P<block>\d+)\.norm\.?(?P<n>[12])|transition(?P<tstage>\d+)\.norm|(?P<final>norm5))$"
+    r"^(?P<pre>(?:.*\.)?)features\.(?:(?P<stem>norm0)|denseblock(?P<stage>[0-9]{1,18})\.denselayer"
+    r"(?P<block>[0-9]{1,18})\.norm\.?(?P<n>[12])|transition(?P<tstage>[0-9]{1,18})\.norm|(?P<final>norm5))$"
 )
 _MOBILENET = re.compile(
-    r"^(?P<pre>(?:.*\.)?)features\.(?P<block>\d+)\.(?P<rest>(?:conv\.)?\d+(?:\.1)?)$"
+    r"^(?P<pre>(?:.*\.)?)features\.(?P<block>[0-9]{1,18})\.(?P<rest>(?:conv\.)?[0-9]+(?:\.1)?)$"
 )
 # torchvision's MobileNetV2: strides of its seven groups of equal output channels.
 MOBILENET_V2_STRIDES = (1, 2, 2, 2, 1, 2, 1)
@@ -319,21 +320,26 @@ def _module_graph(table: TensorTable, names: list[str]) -> Structure | None:
     )
 
 
-def _param_free_gap(a: str, b: str, module_prefixes: set[str]) -> tuple[str, int] | None:
+def sequential_index(text: str) -> int | None:
+    """A path component as a Sequential index (ASCII digits, at most 18 of them), else None."""
+    return int(text) if len(text) <= 18 and text.isascii() and text.isdigit() else None
+
+
+def _param_free_gap(a: str, b: str, slots: dict[str, list[int]]) -> tuple[str, int] | None:
     """Param-free Sequential slots between BatchNorms ``a`` and ``b`` (e.g. ReLU, MaxPool),
-    from the index gap at the first path component where they differ."""
+    from the index gap at the first path component where they differ: the gap's size less
+    the slots that hold parameters (``slots``: each parent's sorted indices with parameters),
+    counted by bisection, so that a gap of 10**11 costs no more than a gap of 2."""
     pa, pb = a.split("."), b.split(".")
     for i, (x, y) in enumerate(zip(pa, pb, strict=False)):
         if x != y:
-            if not (x.isdigit() and y.isdigit()) or int(y) <= int(x):
+            first, last = sequential_index(x), sequential_index(y)
+            if first is None or last is None or last <= first:
                 return None
             parent = ".".join(pa[:i])
-            free = 0
-            for j in range(int(x) + 1, int(y)):
-                slot = f"{parent}.{j}" if parent else str(j)
-                if slot not in module_prefixes:
-                    free += 1
-            return parent, free
+            held = slots.get(parent, [])
+            used = bisect.bisect_left(held, last) - bisect.bisect_right(held, first)
+            return parent, last - first - 1 - used
     return None
 
 
@@ -342,12 +348,15 @@ def _sequential(table: TensorTable, names: list[str]) -> Structure | None:
     usual (the activation) holds a pool."""
     if len(names) < 2:
         return None
-    module_prefixes: set[str] = set()
+    found: dict[str, set[int]] = {}
     for name in table.entries:
         parts = name.split(".")
         for i in range(1, len(parts)):
-            module_prefixes.add(".".join(parts[:i]))
-    gaps = [_param_free_gap(a, b, module_prefixes) for a, b in zip(names, names[1:], strict=False)]
+            index = sequential_index(parts[i - 1])
+            if index is not None:
+                found.setdefault(".".join(parts[: i - 1]), set()).add(index)
+    slots = {parent: sorted(held) for parent, held in found.items()}
+    gaps = [_param_free_gap(a, b, slots) for a, b in zip(names, names[1:], strict=False)]
     if any(gap is None for gap in gaps):
         return None
     baseline: dict[str, int] = {}

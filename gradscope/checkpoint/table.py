@@ -17,6 +17,8 @@ memory are torch tensors, and then torch is imported already.
 from __future__ import annotations
 
 import math
+import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +30,31 @@ from gradscope.errors import CheckpointError
 # Where a tensor's bytes lie, when they are one contiguous run of a file:
 # (path, offset, nbytes, dtype name).
 Span = tuple[str, int, int, str]
+
+
+# How many bytes a reader may allocate beyond what the file itself holds (an expanded view,
+# a widened copy): 1 GiB unless the environment raises it (GRADSCOPE_MAX_READ=4GiB).
+READ_LIMIT_VAR = "GRADSCOPE_MAX_READ"
+DEFAULT_READ_LIMIT = 1 << 30
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def read_limit() -> int:
+    """Bytes a reader may allocate beyond the file's own size (``GRADSCOPE_MAX_READ``, e.g.
+    ``4GiB`` or ``4294967296``; 1 GiB by default).
+
+    Raises:
+        CheckpointError: the variable is set to something that is not a size.
+    """
+    text = os.environ.get(READ_LIMIT_VAR, "").strip()
+    if not text:
+        return DEFAULT_READ_LIMIT
+    match = re.fullmatch(r"([0-9]{1,16})\s*([kKmMgGtT]?)(?:i?[bB])?", text)
+    if match is None:
+        raise CheckpointError(
+            f"{READ_LIMIT_VAR}={text!r} is not a size (bytes, or a number with KiB, MiB, GiB, TiB)"
+        )
+    return int(match.group(1)) * _UNITS[match.group(2).lower()]
 
 
 def short_error(exc: BaseException) -> str:
@@ -48,12 +75,13 @@ _STORED = {
 
 
 TENSOR_DTYPES = frozenset(_STORED)
+_NUMPY_DTYPES = {name: np.dtype(code) for name, code in _STORED.items()}
 
 
 def stored_dtype(name: str) -> np.dtype:
     """The numpy dtype holding the bits of the stored dtype called ``name``."""
     try:
-        return np.dtype(_STORED[name])
+        return _NUMPY_DTYPES[name]
     except KeyError:
         raise CheckpointError(f"tensor dtype {name} is not supported") from None
 
@@ -86,8 +114,24 @@ def widen(values: np.ndarray, dtype_name: str) -> np.ndarray:
     return values
 
 
+SMALL_READ = 1 << 20
+
+
 def read_bytes(path: str, offset: int, nbytes: int) -> np.ndarray:
-    """Exactly ``nbytes`` from ``offset`` of ``path`` as a uint8 array (one copy, no mapping)."""
+    """Exactly ``nbytes`` from ``offset`` of ``path`` as a uint8 array (one copy, no mapping).
+    A range past the end of the file is refused before anything is allocated."""
+    if nbytes <= SMALL_READ:  # one system call: most BatchNorm vectors
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if offset < 0 or nbytes < 0 or offset + nbytes > os.fstat(fd).st_size:
+                raise CheckpointError(
+                    f"{path} is truncated: a tensor extends past the end of the file"
+                )
+            return np.frombuffer(os.pread(fd, nbytes, offset), dtype=np.uint8)
+        finally:
+            os.close(fd)
+    if offset < 0 or offset + nbytes > os.path.getsize(path):
+        raise CheckpointError(f"{path} is truncated: a tensor extends past the end of the file")
     buf = np.empty(nbytes, dtype=np.uint8)
     if nbytes:
         with open(path, "rb") as fh:
@@ -118,7 +162,9 @@ Locate = Callable[[StorageRef], tuple[str, int, int]]
 class LazyTensor:
     """A tensor whose bytes are in a file: a strided view of one storage, read on ``load()``.
 
-    ``locate`` says where the storage lies; only that storage is read, never its neighbours.
+    ``locate`` says where the storage lies; only the elements the view spans are read, never
+    the rest of the storage nor its neighbours. A shape or stride that reaches outside the
+    storage is refused when the tensor is made (``ValueError``).
     """
 
     storage: StorageRef
@@ -127,31 +173,69 @@ class LazyTensor:
     stride: tuple[int, ...]
     locate: Locate
 
+    def __post_init__(self) -> None:
+        dims, strides = self.size, self.stride
+        if (
+            len(dims) != len(strides)
+            or self.offset < 0
+            or self.storage.numel < 0
+            or any(n < 0 for n in dims)
+            or any(s < 0 for s in strides)
+        ):
+            raise ValueError("a tensor has a malformed shape or stride")
+        if math.prod(dims) and self.last >= self.storage.numel:
+            raise ValueError(
+                f"a tensor lies outside its storage (element {self.last} of {self.storage.numel})"
+            )
+
     @property
     def shape(self) -> tuple[int, ...]:
         return self.size
 
+    @property
+    def last(self) -> int:
+        """The storage index of the view's last element."""
+        return self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride, strict=True))
+
     def load(self) -> np.ndarray:
-        """The tensor as a numpy array: a strided view of its storage's bytes, read in one go
-        (bfloat16 and float8 widened to float32)."""
+        """The tensor as a numpy array: a strided view of the bytes it spans, read in one go
+        (bfloat16 and float8 widened to float32).
+
+        Raises:
+            CheckpointError: truncated storage, or a view of more elements than its storage
+                holds (overlapping strides) beyond :func:`read_limit`.
+        """
+        return self._view(self.size, self.stride)
+
+    def distinct(self) -> tuple[np.ndarray, int]:
+        """The tensor's values without the dimensions a view repeats (stride 0), and how often
+        each appears: their mean, extremes and flags are the tensor's, their sum of squares
+        times the count its squared norm. An ``expand`` to 300M elements stays one element."""
+        shape, stride, repeat = collapse(self.size, self.stride)
+        return self._view(shape, stride), repeat
+
+    def _view(self, shape: tuple[int, ...], stride: tuple[int, ...]) -> np.ndarray:
         dtype = stored_dtype(self.storage.dtype)
-        raw = read_bytes(*self.locate(self.storage))
-        if raw.size != self.storage.numel * dtype.itemsize:
-            raise CheckpointError("a tensor's storage is truncated")
-        flat = raw.view(dtype)
-        last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride, strict=True))
-        if len(self.size) != len(self.stride) or self.offset < 0 or any(s < 0 for s in self.stride):
-            raise CheckpointError("a tensor has a malformed shape or stride")
-        if math.prod(self.size) and last >= flat.size:
-            raise CheckpointError(
-                f"a tensor lies outside its storage (element {last} of {flat.size})"
-            )
-        view = np.lib.stride_tricks.as_strided(
-            flat[self.offset :],
-            shape=self.size,
-            strides=tuple(s * dtype.itemsize for s in self.stride),
-            writeable=False,
+        path, offset, nbytes = self.locate(self.storage)
+        if nbytes != self.storage.numel * dtype.itemsize:
+            raise CheckpointError(f"{path} is corrupt: a tensor's storage is truncated")
+        numel = math.prod(shape)
+        if not numel:
+            return widen(np.zeros(shape, dtype=dtype), self.storage.dtype)
+        check_expansion(path, numel, self.storage.numel)
+        first = self.offset
+        raw = read_bytes(
+            path, offset + first * dtype.itemsize, (self.last - first + 1) * dtype.itemsize
         )
+        if stride == contiguous_strides(shape):
+            view = raw.view(dtype).reshape(shape)
+        else:
+            view = np.lib.stride_tricks.as_strided(
+                raw.view(dtype),
+                shape=shape,
+                strides=tuple(s * dtype.itemsize for s in stride),
+                writeable=False,
+            )
         return widen(view, self.storage.dtype)
 
     def span(self) -> Span | None:
@@ -164,6 +248,37 @@ class LazyTensor:
         if begin < 0 or begin + length > nbytes:
             return None
         return path, offset + begin, length, self.storage.dtype
+
+
+def collapse(
+    shape: tuple[int, ...], stride: tuple[int, ...]
+) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+    """``shape`` and ``stride`` without the dimensions that repeat the same elements (stride 0)
+    or hold one, and how often each remaining element appears (the product of the dropped
+    sizes). An empty tensor stays as it is."""
+    if not math.prod(shape):
+        return shape, stride, 1
+    kept = [(n, s) for n, s in zip(shape, stride, strict=True) if s != 0 and n != 1]
+    repeat = math.prod(n for n, s in zip(shape, stride, strict=True) if s == 0)
+    return tuple(n for n, _ in kept), tuple(s for _, s in kept), repeat
+
+
+def check_expansion(path: str, numel: int, distinct: int) -> None:
+    """Refuse a view of more elements than its storage holds (overlapping strides) when its
+    float64 copy would pass :func:`read_limit`: a small file must not claim gigabytes.
+
+    Raises:
+        CheckpointError: the view is too large.
+    """
+    if numel <= distinct:
+        return
+    limit = read_limit()
+    if numel * 8 > limit:
+        raise CheckpointError(
+            f"{path} has a tensor that views {numel:,} elements of a storage of {distinct:,} "
+            f"(overlapping strides): over {limit / 2**30:g} GiB as float64; raise "
+            f"{READ_LIMIT_VAR} to read it"
+        )
 
 
 def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -185,20 +300,44 @@ def _constant(value: Any) -> Callable[[], Any]:
 @dataclass
 class TensorEntry:
     """A tensor known by shape before it is read; ``load()`` reads it (a numpy array, or a
-    torch tensor that a fallback loader holds)."""
+    torch tensor that a fallback loader holds), ``distinct()`` only its distinct values."""
 
     shape: tuple[int, ...]
     load: Callable[[], Any]
     # Where the tensor's bytes lie, when they are one contiguous run of a file (see Span).
     # Lets norms stream the file without loading it.
     span: Callable[[], Span | None] | None = None
+    # The values without the dimensions a view repeats, and how often each appears.
+    distinct: Callable[[], tuple[Any, int]] | None = None
 
     @classmethod
     def of(cls, tensor: Any) -> TensorEntry:
         """The entry of a :class:`LazyTensor`, or of a tensor already in memory."""
         if isinstance(tensor, LazyTensor):
-            return cls(tensor.size, tensor.load, tensor.span)
-        return cls(tuple(tensor.shape), _constant(tensor))
+            return cls(tensor.size, tensor.load, tensor.span, tensor.distinct)
+        return cls(tuple(tensor.shape), _constant(tensor), None, lambda: _distinct(tensor))
+
+    def values(self) -> tuple[np.ndarray, int]:
+        """The distinct values as a flat float64 array, and how often each appears (see
+        :meth:`LazyTensor.distinct`): a stride-0 ``expand`` is never materialised."""
+        tensor, repeat = self.distinct() if self.distinct is not None else (self.load(), 1)
+        return to_numpy(tensor), repeat
+
+
+def _distinct(tensor: Any) -> tuple[Any, int]:
+    """An in-memory tensor (numpy, or torch from a fallback loader) without its repeating
+    dimensions, and how often each element appears."""
+    if isinstance(tensor, np.ndarray):
+        step = tensor.itemsize
+        shape, stride, repeat = collapse(tensor.shape, tuple(s // step for s in tensor.strides))
+        view = np.lib.stride_tricks.as_strided(
+            tensor, shape, tuple(s * step for s in stride), writeable=False
+        )
+        return view, repeat
+    shape, stride, repeat = collapse(tuple(tensor.shape), tuple(tensor.stride()))
+    held = tensor.untyped_storage().nbytes() // max(tensor.element_size(), 1)
+    check_expansion("a tensor", math.prod(shape), held)
+    return tensor.as_strided(shape, stride, tensor.storage_offset()), repeat
 
 
 @dataclass
@@ -285,8 +424,12 @@ def _file_norm(path: str, offset: int, nbytes: int, dtype_name: str, chunk: int 
 
 
 def entry_norm(entry: TensorEntry) -> float:
-    """‖W‖_F of a table entry: streamed from the file when its bytes are one run, else loaded."""
+    """‖W‖_F of a table entry: streamed from the file when its bytes are one run, else from
+    its distinct values (an ``expand`` counts each value as often as it appears)."""
     span = entry.span() if entry.span is not None else None
     if span is not None:
         return _file_norm(*span)
-    return frobenius_norm(entry.load())
+    if entry.distinct is None:
+        return frobenius_norm(entry.load())
+    tensor, repeat = entry.distinct()
+    return math.sqrt(repeat) * frobenius_norm(tensor)

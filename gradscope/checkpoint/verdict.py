@@ -268,8 +268,11 @@ def _plain_extras(
             )  # fmt: skip
             fit = every.fit()
             out.append(_fit_record(label, every, fit, verdict_of(fit), "across the downsamples"))
-        for k in segments:
-            one = _series([r for r in usable if r.segment == k], False, f"segment {k}")
+        by_segment: dict[int, list[CheckpointRecord]] = {}
+        for r in usable:
+            by_segment.setdefault(r.segment, []).append(r)
+        for k, members in by_segment.items():
+            one = _series(members, False, f"segment {k}")
             fit = one.fit()
             if fit is not None:
                 out.append(_fit_record(label, one, fit, verdict_of(fit)))
@@ -295,8 +298,11 @@ def _fitted_sigma(series: _Series, fit: GroupFit | None, blocks: bool) -> dict[i
 def summarize(records: Sequence[CheckpointRecord]) -> list[CheckpointSummaryRecord]:
     """The summary records of every checkpoint among ``records`` (headline fit first)."""
     out: list[CheckpointSummaryRecord] = []
-    for label in dict.fromkeys(r.checkpoint for r in records):
-        out.extend(fit_checkpoint([r for r in records if r.checkpoint == label]).summary)
+    by_label: dict[str, list[CheckpointRecord]] = {}
+    for r in records:
+        by_label.setdefault(r.checkpoint, []).append(r)
+    for rows in by_label.values():
+        out.extend(fit_checkpoint(rows).summary)
     return out
 
 
