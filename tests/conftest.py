@@ -66,6 +66,13 @@ class _TerminalRunner(CliRunner):
 CliRun = Callable[..., Result]
 
 
+@pytest.fixture(autouse=True)
+def _no_shell_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A COLUMNS from the shell (or pytest-xdist) would change ``-f table`` in a pipe: tests
+    that want a width set it themselves."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+
+
 @pytest.fixture
 def cli() -> CliRun:
     """Run ``gradscope ARGS`` in-process and return click's Result (exit_code, stdout, stderr).
@@ -82,9 +89,8 @@ def cli() -> CliRun:
         env: Mapping[str, str | None] | None = None,
         terminal_width: int | None = None,
     ) -> Result:
-        if terminal_width is None:  # a pipe; COLUMNS from the shell would change -f table
-            piped = {"COLUMNS": None, **(env or {})}
-            return CliRunner().invoke(app, list(args), input=input, env=piped)
+        if terminal_width is None:
+            return CliRunner().invoke(app, list(args), input=input, env=env)
         screen = {"COLUMNS": str(terminal_width), "TTY_COMPATIBLE": "0", **(env or {})}
         return _TerminalRunner().invoke(app, list(args), input=input, env=screen)
 
