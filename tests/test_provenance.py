@@ -278,3 +278,22 @@ def test_inspect_checkpoint_records_the_file_it_read(tmp_path: Path) -> None:
     assert len(shaped["records"]) == 16
     result = runner.invoke(app, ["inspect-checkpoint", str(ckpt), "-f", "json", "--no-meta"])
     assert isinstance(json.loads(result.stdout), list)
+
+
+def test_inspect_checkpoint_hashes_only_for_a_meta_that_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CSV on stdout carries no meta, so the checkpoint is not hashed (0.4 s for 575 MB)."""
+    from ckpt_factory import save_legacy, vgg19_bn_state_dict
+
+    from gradscope import provenance
+
+    ckpt = save_legacy(vgg19_bn_state_dict(), tmp_path / "vgg.pth")
+    hashed: list[str] = []
+    real = provenance.file_digest
+    monkeypatch.setattr(provenance, "file_digest", lambda p: hashed.append(str(p)) or real(p))
+    runner = CliRunner()
+    assert runner.invoke(app, ["inspect-checkpoint", str(ckpt), "-f", "csv"]).exit_code == 0
+    assert hashed == []
+    assert runner.invoke(app, ["inspect-checkpoint", str(ckpt), "-f", "json"]).exit_code == 0
+    assert hashed == [str(ckpt)]
