@@ -326,7 +326,12 @@ def simulate_command(
     ] = Task.teacher,
     optimizer: Annotated[
         Optimizer,
-        typer.Option("--optimizer", case_sensitive=False, rich_help_panel="Training"),
+        typer.Option(
+            "--optimizer",
+            case_sensitive=False,
+            help="sgd, momentum (SGD with --momentum) or adam (PyTorch's defaults otherwise).",
+            rich_help_panel="Training",
+        ),
     ] = Optimizer.sgd,
     lr: Annotated[
         float, typer.Option("--lr", help="Learning rate.", rich_help_panel="Training")
@@ -336,7 +341,12 @@ def simulate_command(
         typer.Option("--momentum", help="For --optimizer momentum.", rich_help_panel="Training"),
     ] = 0.9,
     weight_decay: Annotated[
-        float, typer.Option("--weight-decay", rich_help_panel="Training")
+        float,
+        typer.Option(
+            "--weight-decay",
+            help="L2 weight decay, as PyTorch's optimizers apply it.",
+            rich_help_panel="Training",
+        ),
     ] = 0.0,
     clip_grad_norm: Annotated[
         float | None,
