@@ -15,7 +15,10 @@ from typing import Annotated, Any
 import typer
 
 from gradscope._version import __version__
+from gradscope.cli import coercion
 from gradscope.cli.common import Command, Group, error, help_text, silence_stdout, user_errors
+
+coercion.install()  # plain values without pydantic: 0.1 s of every run's start-up
 
 # In the order of the workflow: theory, measurement, trained checkpoints, figures.
 COMMANDS = {
