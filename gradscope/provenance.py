@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import importlib.metadata
 import json
 import platform
 import re
@@ -58,9 +57,20 @@ def torch_version() -> str | None:
     if torch is not None:
         return str(torch.__version__)
     try:
-        return importlib.metadata.version("torch")
-    except importlib.metadata.PackageNotFoundError:
+        return _distribution_version("torch")
+    except LookupError:
         return None
+
+
+def _distribution_version(name: str) -> str:
+    """The installed version of a distribution (importlib.metadata loads only when asked: it
+    costs 20 ms of start-up). Raises LookupError when it is not installed."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        raise LookupError(name) from None
 
 
 def software() -> Meta:
@@ -162,8 +172,8 @@ def model_provenance(target: str) -> Meta:
     out: Meta = {"target": target}
     if where == "torchvision":
         try:
-            out["torchvision_version"] = importlib.metadata.version("torchvision")
-        except importlib.metadata.PackageNotFoundError:
+            out["torchvision_version"] = _distribution_version("torchvision")
+        except LookupError:
             out["torchvision_version"] = None
         return out
     file = _module_file(where)

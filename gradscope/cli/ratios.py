@@ -9,7 +9,6 @@ import typer
 from gradscope.cli.common import FormatOpt, OutputOpt
 from gradscope.options import Format, LinearInit
 from gradscope.output import emit
-from gradscope.theory.ratios import parse_input_std, ratios
 
 
 def ratios_command(
@@ -67,6 +66,8 @@ def ratios_command(
     if list_activations:
         emit(_listing(), fmt, output)
         return
+    from gradscope.theory.ratios import parse_input_std, ratios  # numpy: not for --help
+
     stds = parse_input_std(input_std)
     records = ratios(
         operators or (), expressions=expr or (), input_std=stds, depth=depth, init=init
