@@ -437,7 +437,7 @@ def parse_activation(text: str) -> ActivationSpec:
     try:
         param = float(value)
     except ValueError:
-        raise SpecError(
+        raise UsageError(
             f"the {entry.param_name} of {name} must be a number, got {value.strip()!r}"
         ) from None
     if not math.isfinite(param):

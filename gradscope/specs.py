@@ -488,7 +488,7 @@ def parse_model_args(items: Sequence[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key.isidentifier():
-            raise SpecError(
+            raise UsageError(
                 f"{{option}} takes key=value with a Python name as key, got {item!r}",
                 option="model_arg",
             )
@@ -506,7 +506,7 @@ def parse_input_shape(text: str) -> tuple[int, ...]:
     except ValueError:
         shape = ()
     if not shape or any(v < 1 for v in shape):
-        raise SpecError(
+        raise UsageError(
             f"{{option}} takes positive integers separated by commas, got {text!r}",
             option="input_shape",
         )

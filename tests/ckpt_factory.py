@@ -187,10 +187,10 @@ def run_cli(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-def assert_one_line_error(code: int, out: str, err: str) -> None:
-    """The CLI failed as every user error fails: exit 1, nothing on stdout, one ``Error:``
-    line on stderr and no traceback."""
-    assert code == 1, out + err
+def assert_one_line_error(code: int, out: str, err: str, expected: int = 1) -> None:
+    """The CLI failed as every user error fails: exit 1 (2 for a value that does not parse),
+    nothing on stdout, one ``Error:`` line on stderr and no traceback."""
+    assert code == expected, out + err
     assert out == ""
     assert err.startswith("Error: ") and err.count("\n") == 1, err
     assert "Traceback" not in err

@@ -83,7 +83,6 @@ def test_ratios_list() -> None:
     [
         (["ratios", "--expr", "x*tanh("], "Error: cannot parse the expression"),
         (["ratios", "--input-std", "-1"], "Error: input std must be positive"),
-        (["ratios", "leaky_relu:x"], "Error: the negative_slope of leaky_relu must be a number"),
         (["ratios", "relu", "-o", "/nonexistent-dir/x.csv"], "Error: the directory"),
         (["ratios", "relu", "-o", "out.xlsx"], "Error: cannot tell the format"),
         (["ratios", "--depth", "0"], "Error: depth must be at least 1"),
@@ -95,6 +94,21 @@ def test_errors_are_one_line(args: list[str], message: str) -> None:
     assert err.startswith(message)
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert out == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ratios", "leaky_relu:x"], "Error: the negative_slope of leaky_relu must be a number"),
+        (["ratios", "maxpool:x"], "Error: the window size K of maxpool must be an integer"),
+        (["ratios", "linear:axb"], "Error: write a linear layer as linear:DOUTxDIN"),
+        (["ratios", "--input-std", "1:x:3"], "Error: --input-std takes a number"),
+    ],
+)
+def test_values_that_do_not_parse_exit_2(args: list[str], message: str) -> None:
+    code, out, err = run(*args)
+    assert code == 2 and out == ""
+    assert err.startswith(message) and err.count("\n") == 1
 
 
 def test_unknown_activation_is_a_usage_error() -> None:

@@ -14,8 +14,8 @@ import typer
 from gradscope.cli import coercion
 from gradscope.cli.root import COMMANDS, build_app
 
-SAMPLES = ["0", "1", "7", "-3", "2.5", "1e3", " 4", "abc", "", "true", "no", "auto", "AUTO",
-           "he", "Lecun", "out.csv", "-", "nan"]  # fmt: skip
+SAMPLES = ["0", "1", "7", "-3", "2.5", "2.0", "1e3", "1e400", " 4", "abc", "", "true", "no",
+           "auto", "AUTO", "he", "Lecun", "out.csv", "-", "nan", "a_dir", "a_file.csv"]  # fmt: skip
 
 
 def _params() -> list[tuple[str, Any]]:
@@ -36,9 +36,16 @@ def _outcome(runtime: Any, param: Any, value: Any) -> tuple[str, Any]:
         return "refused", None
 
 
-def test_every_plain_parameter_coerces_as_typer_does() -> None:
-    """typer's pydantic adapters are the oracle: same value, or both refuse."""
+def test_every_plain_parameter_coerces_as_typer_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """typer's pydantic adapters are the oracle: same value, or both refuse (an existing
+    directory for a file option included)."""
     from typer._coercion import build_runtime_param
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_dir").mkdir()
+    (tmp_path / "a_file.csv").write_text("x\n")
 
     params = _params()
     assert len(params) > 40  # every command's options and arguments

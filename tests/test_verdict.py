@@ -300,18 +300,20 @@ def test_cli_verdict_on_stderr_and_plot(vgg: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "args, message",
+    "args, message, expected",
     [
-        (["--layers", "20:"], "--layers 20: is outside the BatchNorm layers"),
-        (["--layers", "0:4"], "is outside the BatchNorm layers"),
-        (["--layers", "x"], "--layers takes a range"),
-        (["--downsample-after", "2,40"], "--downsample-after 2,40 names no BatchNorm layer"),
-        (["--downsample-after", "two"], "--downsample-after takes BatchNorm indices"),
+        (["--layers", "20:"], "--layers 20: is outside the BatchNorm layers", 1),
+        (["--layers", "0:4"], "is outside the BatchNorm layers", 1),
+        (["--layers", "x"], "--layers takes a range", 2),  # does not parse: a usage error
+        (["--downsample-after", "2,40"], "--downsample-after 2,40 names no BatchNorm layer", 1),
+        (["--downsample-after", "two"], "--downsample-after takes BatchNorm indices", 2),
     ],
 )
-def test_cli_bad_layer_options_are_one_line(vgg: Path, args: list[str], message: str) -> None:
+def test_cli_bad_layer_options_are_one_line(
+    vgg: Path, args: list[str], message: str, expected: int
+) -> None:
     code, out, err = run_cli("inspect-checkpoint", str(vgg), *args)
-    assert_one_line_error(code, out, err)
+    assert_one_line_error(code, out, err, expected)
     assert message in err
 
 

@@ -18,7 +18,7 @@ from gradscope.checkpoint.open import open_checkpoint
 from gradscope.checkpoint.structure import Structure
 from gradscope.checkpoint.table import TensorTable, short_error
 from gradscope.checkpoint.verdict import fit_checkpoint
-from gradscope.errors import CheckpointError, SpecError
+from gradscope.errors import CheckpointError, SpecError, UsageError
 from gradscope.schema import CheckpointRecord, CheckpointSummaryRecord, WeightRecord
 
 # Running variances within this factor of eps: the two σ columns differ, and a note says so.
@@ -150,7 +150,7 @@ def parse_layers(text: str, count: int, label: str = "") -> set[int]:
             chosen = {int(part) for part in text.split(",")}
             ends = chosen
     except ValueError:
-        raise SpecError(
+        raise UsageError(
             f"{{--layers}} takes a range or a list of BatchNorm indices (2:, 2:6, :8 or 2,3,5), "
             f"got {text!r}"
         ) from None

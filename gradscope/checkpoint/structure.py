@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gradscope.checkpoint.table import TensorTable
-from gradscope.errors import SpecError
+from gradscope.errors import SpecError, UsageError
 
 DOWNSAMPLE_TYPE = re.compile(r"pool|downsampl|pixelunshuffle", re.IGNORECASE)
 
@@ -143,7 +143,7 @@ def parse_downsample_after(text: str) -> list[int]:
     except ValueError:
         values = []
     if not values or any(v < 1 for v in values):
-        raise SpecError(
+        raise UsageError(
             f"{{--downsample_after}} takes BatchNorm indices like 2,4,8 (or none), got {text!r}"
         )
     return sorted(set(values))

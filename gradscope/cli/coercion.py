@@ -12,11 +12,13 @@ through click's types), keep typer's own behaviour.
 from __future__ import annotations
 
 import enum
+import re
 from pathlib import Path
 from typing import Any
 
 import typer
 
+_ZERO_FRACTION = re.compile(r"([+-]?\d+)\.0*")
 _TRUE = {"1", "true", "t", "yes", "y", "on"}
 _FALSE = {"0", "false", "f", "no", "n", "off"}
 
@@ -50,6 +52,8 @@ class PlainCoercion:
             if kind is Path and not text:
                 raise ValueError("an empty path")
             converted = kind(text) if kind in (str, Path) else _number(kind, text)
+            if isinstance(converted, Path):
+                _path_kind(converted, self.info)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), ctx=ctx, param=param) from None
         return self._checked(converted, param, ctx)
@@ -88,11 +92,24 @@ def _boolean(text: str) -> bool:
 
 
 def _number(kind: type, text: str) -> Any:
+    """``int`` or ``float`` of the text; ``2.0`` (a zero fraction, no exponent) is an integer,
+    as typer's pydantic coercion accepts it."""
     try:
         return kind(text.strip())
     except ValueError:
+        whole = _ZERO_FRACTION.fullmatch(text.strip()) if kind is int else None
+        if whole:
+            return int(whole.group(1))
         what = "an integer" if kind is int else "a number"
         raise ValueError(f"{text!r} is not {what}") from None
+
+
+def _path_kind(path: Path, info: Any) -> None:
+    """typer's ``file_okay``/``dir_okay``: an existing path of the wrong kind is refused."""
+    if getattr(info, "dir_okay", True) is False and path.is_dir():
+        raise ValueError(f"file {str(path)!r} is a directory")
+    if getattr(info, "file_okay", True) is False and path.is_file():
+        raise ValueError(f"directory {str(path)!r} is a file")
 
 
 _PLAIN = (str, int, float, bool, Path)

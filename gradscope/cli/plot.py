@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from gradscope.cli.common import command_line, error, given_options, note, warn
-from gradscope.errors import PlotWarning, RecordsError, SpecError
+from gradscope.errors import PlotWarning, RecordsError, SpecError, UsageError
 from gradscope.options import RecordKind
 from gradscope.provenance import file_digest, new_meta, read_meta
 from gradscope.records import Row, read_records
@@ -258,7 +258,7 @@ def _parse_size(text: str) -> tuple[float, float]:
     try:
         width, height = (float(p) for p in parts)
     except ValueError:
-        raise SpecError(f"--size takes W,H in inches, e.g. 7,4.5; got {text!r}") from None
+        raise UsageError(f"--size takes W,H in inches, e.g. 7,4.5; got {text!r}") from None
     if not (width > 0 and height > 0):
         raise SpecError(f"--size must be two positive numbers of inches, got {text!r}")
     return width, height

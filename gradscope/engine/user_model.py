@@ -48,7 +48,7 @@ from gradscope.engine.runner import (
     resolve_device,
     run_window,
 )
-from gradscope.errors import GradscopeError, ResourceError, SpecError
+from gradscope.errors import GradscopeError, ResourceError, UsageError
 from gradscope.options import Device, Dtype, Reinit
 from gradscope.schema import ModelLayerRecord, ModelSummaryRecord, Result
 from gradscope.specs import ModelRequest, ModelSpec, check_seed
@@ -93,7 +93,7 @@ def resolve_factory(target: str) -> Callable[..., Any]:
     """
     where, sep, attr = target.rpartition(":")
     if not sep or not where or not attr:
-        raise SpecError(
+        raise UsageError(
             "{option} takes FILE.py:FUNCTION, MODULE:FUNCTION or torchvision:NAME, "
             f"got {target!r}",
             option="model",

@@ -267,16 +267,23 @@ def _time_limit(seconds: float) -> Iterator[None]:
         yield
         return
 
+    fired: list[bool] = []
+
     def time_up(signum: int, frame: Any) -> None:
+        fired.append(True)
         raise _TimeUp
 
     previous = signal.signal(signal.SIGALRM, time_up)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    # Again every 10 ms: an alarm that lands in a __del__ or a weakref callback is swallowed
+    # by Python ("Exception ignored in ..."); the next one lands in SymPy's own code.
+    signal.setitimer(signal.ITIMER_REAL, seconds, 0.01)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+    if fired:  # the block finished although its time was up (every alarm was swallowed)
+        raise _TimeUp
 
 
 def _lambdify(sympy: Any, x: Any, expr: Any) -> Callable[[np.ndarray], np.ndarray]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gradscope.activations import COMMON, ActivationSpec, norm_cdf, parse_activation
-from gradscope.errors import SpecError
+from gradscope.errors import SpecError, UsageError
 from gradscope.options import LinearInit, Method
 from gradscope.schema import RatioRecord
 from gradscope.theory.gaussian import integrate, piecewise_linear_moments
@@ -335,7 +335,7 @@ def operator_ratios(
     if text.startswith("linear:"):
         match = _LINEAR.match(text)
         if not match:
-            raise SpecError(
+            raise UsageError(
                 f"write a linear layer as linear:DOUTxDIN (e.g. linear:512x256), got {name!r}"
             )
         return linear_ratios(int(match[1]), int(match[2]), init, input_std, depth)
@@ -353,7 +353,7 @@ def _int_param(text: str, what: str, meaning: str) -> int:
     try:
         return int(value)
     except ValueError:
-        raise SpecError(f"the {meaning} of {what} must be an integer, got {value!r}") from None
+        raise UsageError(f"the {meaning} of {what} must be an integer, got {value!r}") from None
 
 
 # Input stds per activation: each is a quadrature (a few ms), so a grid of a thousand is
@@ -383,7 +383,7 @@ def parse_input_std(text: str) -> list[float]:
         else:
             values = [float(v) for v in text.split(",")]
     except ValueError:
-        raise SpecError(
+        raise UsageError(
             "{option} takes a number, a list like 0.5,1,2 or a log range like "
             f"0.25:4:16, got {text!r}",
             option="input_std",
