@@ -291,6 +291,17 @@ def _typed(value: Any, hint: Any, where: str) -> Any:
     return float(value) if kind is float else Path(value) if kind is Path else value
 
 
+def check_meta_options(
+    meta_file: Path | None, no_meta: bool, output: Path | None, plot: Path | None
+) -> None:
+    """``--meta FILE`` and ``--no-meta`` exclude each other, and FILE is not also the records'
+    or the figure's output (every command that writes a meta checks this)."""
+    if meta_file is not None and no_meta:
+        raise SpecError("--meta and --no-meta contradict each other; give one")
+    if meta_file is not None and meta_file in (output, plot):
+        raise SpecError(f"--meta {meta_file} is also an output of the records or the figure")
+
+
 def check_outputs(
     fmt: Format, output: Path | None, plot: Path | None = None, *others: Path | None
 ) -> None:

@@ -14,6 +14,7 @@ from gradscope.cli.common import (
     MetaOpt,
     NoMetaOpt,
     OutputOpt,
+    check_meta_options,
     check_outputs,
     command_line,
     note,
@@ -169,10 +170,7 @@ def inspect_checkpoint_command(
     """
     started = time.time()
     check_outputs(fmt, output, plot, meta_file)
-    if meta_file is not None and no_meta:
-        raise SpecError("--meta and --no-meta contradict each other; give one")
-    if meta_file is not None and meta_file in (output, plot):
-        raise SpecError(f"--meta {meta_file} is also an output of the records or the figure")
+    check_meta_options(meta_file, no_meta, output, plot)
     if eps is not None and not eps >= 0:
         raise SpecError(f"--eps must be 0 or more, got {eps}")
 
@@ -193,11 +191,8 @@ def inspect_checkpoint_command(
     if _meta_goes_somewhere(no_meta, fmt, output, plot, meta_file):
         from gradscope.provenance import checkpoint_meta
 
-        options = dict(
-            key=key, trust_pickle=trust_pickle, weights=weights, summary=summary, layers=layers,
-            include_input_layer=include_input_layer, downsample_after=downsample_after,
-            eps=eps, offline=offline,
-        )  # fmt: skip
+        # What was read and how: every option but the sources and where the results go.
+        options = {k: v for k, v in ctx.params.items() if k not in _WHERE_RESULTS_GO}
         meta = checkpoint_meta(_sources(sources, result), options, started, command_line(ctx))
     _emit(result, weights, summary, fmt, output, meta, meta_file)
     if plot is not None and result.records and not weights:
@@ -209,6 +204,9 @@ def inspect_checkpoint_command(
         plot_to_file(result.records, plot, meta, title=title)
     elif plot is not None:
         note(f"no plot written to {plot}: there are no BatchNorm layers to draw")
+
+
+_WHERE_RESULTS_GO = {"sources", "fmt", "output", "plot", "meta_file", "no_meta"}
 
 
 def _meta_goes_somewhere(

@@ -22,6 +22,7 @@ from gradscope.cli.common import (
     MetaOpt,
     NoMetaOpt,
     OutputOpt,
+    check_meta_options,
     check_outputs,
     command_line,
     given_options,
@@ -579,10 +580,7 @@ def _check_gate_and_meta(p: dict[str, Any], given: set[str]) -> None:
         raise SpecError(
             f"{_flags(set(gate))} needs --repeats 2 or more: the gate judges by a 95% CI"
         )
-    if p["meta"] is not None and p["no_meta"]:
-        raise SpecError("--meta and --no-meta contradict each other; give one")
-    if p["meta"] is not None and p["meta"] in (p["output"], p["plot"]):
-        raise SpecError(f"--meta {p['meta']} is also an output of the records or the figure")
+    check_meta_options(p["meta"], p["no_meta"], p["output"], p["plot"])
 
 
 def _run(p: dict[str, Any], given: set[str], origin: _Origin) -> None:
